@@ -1,0 +1,44 @@
+"""marketstore: the PostgreSQL data layer of a market-sentiment trading system."""
+from .config import Settings, load_settings
+from .connection import (
+    DatabaseConnection,
+    close_database,
+    db_connection,
+    get_db_session,
+    initialize_database,
+)
+from .errors import (
+    ConfigurationError,
+    DatabaseConnectionError,
+    DataValidationError,
+    IntegrityViolation,
+    MarketstoreError,
+    NotFoundError,
+    PoolExhaustedError,
+    QueryError,
+    SerializationFailure,
+    TransactionError,
+)
+from .models import (
+    Article,
+    BacktestResult,
+    BaseModel,
+    Event,
+    Order,
+    OrderEvent,
+    Price,
+    SentimentScore,
+    TradingSignal,
+    database_proxy,
+)
+from .repository import BaseRepository
+from .repositories import (
+    ArticleRepository,
+    BacktestResultRepository,
+    EventRepository,
+    OrderRepository,
+    PriceRepository,
+    SentimentScoreRepository,
+    TradingSignalRepository,
+)
+from .migrations import DatabaseMigration, run_migrations

@@ -1,0 +1,343 @@
+"""The connection layer: a bounded, self-healing pool and transactional sessions.
+
+Pool semantics follow the original SQLAlchemy design (``QueuePool(pool_size=10,
+max_overflow=20, pool_timeout=30, pool_recycle=3600, pool_pre_ping=True)``).
+peewee's pool has one cap, never shrinks and differs between 3.17 and 4.x, so
+:class:`PooledDatabase` keeps peewee's connection and transaction machinery but
+owns the checkout/check-in bookkeeping.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import peewee
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase as _PeeweePool
+from psycopg2.extensions import (
+    TRANSACTION_STATUS_IDLE,
+    TRANSACTION_STATUS_UNKNOWN,
+)
+
+try:  # peewee 4 moved it here
+    from playhouse.postgres_ext import PooledPostgresqlExtDatabase
+except ImportError:  # peewee 3.17
+    from playhouse.pool import PooledPostgresqlExtDatabase
+
+from .config import Settings, load_settings
+from .errors import (
+    DRIVER_ERRORS,
+    DatabaseConnectionError,
+    MarketstoreError,
+    is_connection_lost,
+    translate,
+)
+from .models import database_proxy
+
+logger = logging.getLogger(__name__)
+
+# An idle connection older than this also gets a real round-trip ping at checkout;
+# younger ones are checked with a zero-timeout poll of the socket (see _alive).
+FULL_PING_AFTER_IDLE = 10.0
+
+
+class PooledDatabase(PooledPostgresqlExtDatabase):
+    """``PooledPostgresqlExtDatabase`` with SPEC's limits.
+
+    * at most ``pool_size + max_overflow`` connections open; a checkout that finds
+      them all in use waits up to ``pool_timeout`` s, then raises
+      ``MaxConnectionsExceeded`` (translated to ``PoolExhaustedError``);
+    * at most ``pool_size`` idle: a connection returned while that many are idle
+      is closed;
+    * a connection older than ``pool_recycle`` s is closed instead of reused;
+    * with pre-ping, a connection the server dropped is found at checkout and
+      replaced, so the caller never sees it.
+    """
+
+    def __init__(self, settings: Settings):
+        params = dict(settings.connect_params)
+        dbname = params.pop("dbname", None) or settings.database
+        # Every session runs in UTC so timestamptz values come back in UTC, and
+        # statement_timeout is a server setting so it also bounds COPY and DDL.
+        options = [params.pop("options", ""), "-c timezone=UTC"]
+        if settings.statement_timeout:
+            options.append(f"-c statement_timeout={int(settings.statement_timeout)}")
+        params.setdefault("application_name", settings.application_name)
+        super().__init__(
+            dbname,
+            max_connections=settings.max_connections,
+            stale_timeout=settings.pool_recycle or None,
+            timeout=settings.pool_timeout or None,
+            autoconnect=False,  # session() is the only way in: a slot is always returned
+            options=" ".join(o for o in options if o),
+            **params,
+        )
+        self._pool_size = settings.pool_size
+        self._cap = settings.max_connections
+        self._recycle = settings.pool_recycle
+        self._wait = settings.pool_timeout
+        self._pre_ping = settings.pool_pre_ping
+        self._cond = threading.Condition(threading.RLock())
+        self._idle: list[tuple[object, float, float]] = []  # (conn, created, returned), LIFO
+        self._busy: dict[int, tuple[object, float]] = {}  # id(conn) -> (conn, created)
+
+    # -- checkout ---------------------------------------------------------
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        # Waiting happens here, outside peewee's database lock, which close()
+        # also takes: waiting under it would block every check-in.
+        deadline = time.monotonic() + self._wait
+        while True:
+            try:
+                return super(_PeeweePool, self).connect(reuse_if_open)
+            except MaxConnectionsExceeded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MaxConnectionsExceeded(
+                        f"all {self._cap} connections in use for {self._wait:g} s (pool_timeout)"
+                    ) from None
+                with self._cond:
+                    if len(self._busy) >= self._cap and not self._idle:
+                        self._cond.wait(min(remaining, 1.0))
+
+    def _connect(self):
+        with self._cond:
+            while self._idle:
+                conn, created, returned = self._idle.pop()
+                if self._expired(created) or not self._alive(conn, returned):
+                    self._close_raw(conn)
+                    continue
+                self._busy[id(conn)] = (conn, created)
+                return conn
+            if len(self._busy) >= self._cap:
+                raise MaxConnectionsExceeded(f"all {self._cap} connections in use")
+            # Reserve the slot before the (slow) connect so concurrent check-ins
+            # and status reads see it; released again if the connect fails.
+            token = object()
+            self._busy[id(token)] = (token, time.monotonic())
+        try:
+            conn = super(_PeeweePool, self)._connect()
+        finally:
+            with self._cond:
+                self._busy.pop(id(token), None)
+        with self._cond:
+            self._busy[id(conn)] = (conn, time.monotonic())
+        return conn
+
+    def _expired(self, created: float) -> bool:
+        return bool(self._recycle) and time.monotonic() - created > self._recycle
+
+    def _alive(self, conn, returned: float) -> bool:
+        if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+            return False
+        if not self._pre_ping:
+            return True
+        # A backend that was terminated (pg_terminate_backend, restart, crash)
+        # has sent its FATAL message and closed the socket, so the socket polls
+        # readable; a healthy idle connection has nothing to read. That costs a
+        # syscall instead of a round trip on every checkout.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        if poller.poll(0):
+            return False
+        if time.monotonic() - returned < FULL_PING_AFTER_IDLE:
+            return True
+        # Long idle: a silent network drop would not show on the socket.
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.rollback()
+            return True
+        except DRIVER_ERRORS:
+            return False
+
+    # -- check-in ---------------------------------------------------------
+    def _close(self, conn, close_conn: bool = False) -> None:
+        with self._cond:
+            entry = self._busy.pop(id(conn), None)
+            keep = (
+                entry is not None
+                and not close_conn
+                and not self._expired(entry[1])
+                and len(self._idle) < self._pool_size
+                and self._reusable(conn)
+            )
+            if keep:
+                self._idle.append((conn, entry[1], time.monotonic()))
+            self._cond.notify()
+        if not keep:
+            self._close_raw(conn)
+
+    @staticmethod
+    def _reusable(conn) -> bool:
+        if conn.closed:
+            return False
+        status = conn.get_transaction_status()
+        if status == TRANSACTION_STATUS_UNKNOWN:
+            return False
+        if status != TRANSACTION_STATUS_IDLE:
+            try:
+                conn.rollback()
+            except DRIVER_ERRORS:
+                return False
+        return True
+
+    def _close_raw(self, conn) -> None:
+        try:
+            conn.close()
+        except DRIVER_ERRORS:
+            logger.debug("closing a broken connection failed", exc_info=True)
+
+    def discard(self) -> None:
+        """Forget this thread's connection and close it: it must not be reused."""
+        conn = self._state.conn
+        self._state.reset()
+        if conn is not None:
+            self._close(conn, close_conn=True)
+
+    def close_idle(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            self._close_raw(conn)
+
+    def close_all(self) -> None:
+        """Close every connection; ones in use by other threads break."""
+        if not self.is_closed():
+            self.discard()
+        with self._cond:
+            busy, self._busy = list(self._busy.values()), {}
+            self._cond.notify_all()
+        self.close_idle()
+        for conn, _ in busy:
+            if hasattr(conn, "close"):
+                self._close_raw(conn)
+
+    def status(self) -> dict:
+        with self._cond:
+            return {
+                "max_connections": self._cap,
+                "pool_size": self._pool_size,
+                "in_use": len(self._busy),
+                "idle": len(self._idle),
+            }
+
+
+class DatabaseConnection:
+    """Owns the pool; hands out transactional sessions. Thread-safe.
+
+    Nothing connects until the first :meth:`session`.
+    """
+
+    def __init__(self, bind_models: bool = True) -> None:
+        # Only the module-level db_connection binds the models' database_proxy;
+        # a private one (run_migrations(url), tests) must not rebind them.
+        self._bind_models = bind_models
+        self._db: PooledDatabase | None = None
+        self.settings: Settings | None = None
+        self._lock = threading.Lock()
+
+    def initialize(self, url: str | None = None, **options) -> "DatabaseConnection":
+        """Configure from ``url``/``options`` over the environment; see :mod:`marketstore.config`."""
+        settings = load_settings(url, **options)
+        with self._lock:
+            old, self._db = self._db, PooledDatabase(settings)
+            self.settings = settings
+            if self._bind_models:
+                database_proxy.initialize(self._db)
+        if old is not None:
+            old.close_all()
+        logger.info("database configured: %r", settings)
+        return self
+
+    @property
+    def database(self) -> PooledDatabase:
+        db = self._db
+        if db is None:
+            raise DatabaseConnectionError("database not initialized: call initialize_database() first")
+        return db
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._db is not None
+
+    @contextmanager
+    def session(self, operation: str = "session", model: str = "") -> Iterator[PooledDatabase]:
+        """Check a connection out and run the block in a transaction.
+
+        Commits on success; on any exception rolls back and re-raises, driver
+        errors translated to :mod:`marketstore.errors` (the original chained).
+        The connection always goes back to the pool, or is closed if it broke.
+        Nested sessions in one thread share the connection and use a savepoint.
+        """
+        db = self.database
+        outermost = db.is_closed()
+        started = time.perf_counter()
+        try:
+            if outermost:
+                db.connect()
+            with db.atomic():
+                yield db
+        except BaseException as exc:
+            if outermost and not db.is_closed() and is_connection_lost(exc):
+                db.discard()
+            if isinstance(exc, DRIVER_ERRORS):
+                error = translate(exc, f"{operation} {model}".strip())
+                logger.error(
+                    "%s failed after %.1f ms: %s: %s",
+                    f"{operation} {model}".strip(),
+                    (time.perf_counter() - started) * 1000,
+                    type(error).__name__,
+                    error,
+                )
+                raise error from exc
+            raise
+        finally:
+            if outermost and not db.is_closed():
+                try:
+                    db.close()
+                except DRIVER_ERRORS:
+                    db.discard()
+
+    def health_check(self) -> bool:
+        """True when a round trip to the server succeeds; never raises."""
+        try:
+            with self.session("health_check") as db:
+                db.execute_sql("SELECT 1").fetchone()
+            return True
+        except MarketstoreError as exc:
+            logger.warning("health check failed: %s", exc)
+            return False
+
+    def pool_status(self) -> dict:
+        """``{'max_connections', 'pool_size', 'in_use', 'idle'}`` (zeros before initialization)."""
+        if self._db is None:
+            return {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0}
+        return self._db.status()
+
+    def close(self) -> None:
+        """Close every pooled connection and unbind the models."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close_all()
+
+
+db_connection = DatabaseConnection()
+
+
+def initialize_database(url: str | None = None, **options) -> DatabaseConnection:
+    """Configure the module-level :data:`db_connection` (nothing connects yet)."""
+    return db_connection.initialize(url, **options)
+
+
+def close_database() -> None:
+    """Close every connection of :data:`db_connection`."""
+    db_connection.close()
+
+
+def get_db_session(operation: str = "session", model: str = ""):
+    """``with get_db_session() as db:`` — a transaction on :data:`db_connection`."""
+    return db_connection.session(operation, model)

@@ -1,0 +1,137 @@
+"""The exception hierarchy, and the one place where driver errors are translated.
+
+Callers depend on these classes, never on psycopg2 or peewee: every driver error
+that leaves the package goes through :func:`translate`, with the original chained
+as ``__cause__``.
+"""
+from __future__ import annotations
+
+import psycopg2
+import psycopg2.errorcodes
+import peewee
+from playhouse.pool import MaxConnectionsExceeded
+
+
+class MarketstoreError(Exception):
+    """Base class of every error raised by marketstore."""
+
+
+class ConfigurationError(MarketstoreError, ValueError):
+    """A setting (environment variable or option) has a bad value."""
+
+
+class DatabaseConnectionError(MarketstoreError):
+    """The server could not be reached, or the connection was lost."""
+
+
+class PoolExhaustedError(DatabaseConnectionError):
+    """Every pooled connection stayed in use for longer than ``pool_timeout``."""
+
+
+class TransactionError(MarketstoreError):
+    """A transaction failed and was rolled back."""
+
+
+class IntegrityViolation(TransactionError):
+    """A unique, foreign-key, not-null or check constraint refused the write."""
+
+
+class SerializationFailure(TransactionError):
+    """A deadlock or serialization conflict: the whole transaction is safe to retry."""
+
+
+class QueryError(MarketstoreError):
+    """A statement failed (bad SQL, statement timeout, missing table...)."""
+
+
+class NotFoundError(QueryError):
+    """The requested row does not exist."""
+
+
+class DataValidationError(MarketstoreError, ValueError):
+    """Input refused before it reached the server; the message names field and value."""
+
+    def __init__(self, field: str, value, expected: str):
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}={_short(value)}: expected {expected}")
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# SQLSTATE classes (first two characters) and codes we map.
+_CONNECTION_CLASSES = {"08"}  # connection exception
+_CONNECTION_CODES = {
+    "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (server starting up / shutting down)
+    "53300",  # too_many_connections
+}
+_SERIALIZATION_CODES = {
+    psycopg2.errorcodes.SERIALIZATION_FAILURE,
+    psycopg2.errorcodes.DEADLOCK_DETECTED,
+}
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """Find the psycopg2 error behind a peewee wrapper (peewee keeps it in args/__cause__)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:
+        if isinstance(cur, psycopg2.Error):
+            return cur
+        for arg in getattr(cur, "args", ()):
+            if isinstance(arg, psycopg2.Error):
+                return arg
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection is unusable and must be discarded."""
+    if isinstance(exc, DatabaseConnectionError):
+        return True
+    driver = _driver_error(exc)
+    if driver is None:
+        return isinstance(exc, peewee.InterfaceError)
+    code = driver.pgcode or ""
+    if code[:2] in _CONNECTION_CLASSES or code in _CONNECTION_CODES:
+        return True
+    if isinstance(driver, psycopg2.InterfaceError):
+        return True
+    # A server that went away mid-query surfaces as OperationalError without a code.
+    return isinstance(driver, psycopg2.OperationalError) and not code
+
+
+def translate(exc: BaseException, context: str = "") -> MarketstoreError:
+    """Map a psycopg2/peewee exception to the marketstore type; the caller chains it.
+
+    Usage: ``raise translate(exc, "insert prices") from exc``.
+    ``MarketstoreError`` instances are returned unchanged.
+    """
+    if isinstance(exc, MarketstoreError):
+        return exc
+    prefix = f"{context}: " if context else ""
+    if isinstance(exc, MaxConnectionsExceeded):
+        return PoolExhaustedError(f"{prefix}connection pool exhausted: {exc}")
+    driver = _driver_error(exc)
+    message = str(driver if driver is not None else exc).strip().splitlines()
+    text = prefix + (message[0] if message else type(exc).__name__)
+    code = getattr(driver, "pgcode", None) or ""
+    if is_connection_lost(exc):
+        return DatabaseConnectionError(text)
+    if code in _SERIALIZATION_CODES:
+        return SerializationFailure(text)
+    if code.startswith("23") or isinstance(exc, (peewee.IntegrityError, psycopg2.IntegrityError)):
+        detail = getattr(getattr(driver, "diag", None), "message_detail", None)
+        return IntegrityViolation(f"{text} ({detail})" if detail else text)
+    return QueryError(text)
+
+
+DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException, MaxConnectionsExceeded)
+"""What :func:`translate` expects; catch exactly these at the boundary."""

@@ -1,0 +1,184 @@
+"""The migration layer: apply the peewee-migrate files and check the live schema.
+
+The files in the top-level ``migrations/`` folder are what ``pw_migrate migrate
+--directory migrations`` reads; the same files are installed as the package
+``marketstore._migrations`` so :func:`run_migrations` works from any install.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from peewee import ForeignKeyField
+from peewee_migrate import Router
+from playhouse.postgres_ext import ArrayField
+
+from .connection import DatabaseConnection, db_connection
+from .models import MODELS
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key: two services deploying at once apply migrations
+# one after the other instead of racing on CREATE TABLE.
+MIGRATION_LOCK_KEY = 0x6D61726B6574  # "market"
+
+_PG_TYPES = {
+    "AUTO": "integer", "BIGAUTO": "bigint", "INT": "integer", "BIGINT": "bigint",
+    "SMALLINT": "smallint", "DOUBLE": "double precision", "FLOAT": "real", "TEXT": "text",
+    "TIMESTAMPTZ": "timestamp with time zone", "JSONB": "jsonb", "BOOL": "boolean",
+}
+
+
+def migrations_dir() -> Path:
+    """The folder holding the migration files (installed copy, else the source tree)."""
+    try:
+        from . import _migrations  # type: ignore[attr-defined]
+
+        return Path(_migrations.__file__).parent
+    except ImportError:  # running from a source checkout that was not installed
+        return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _expected_type(field) -> str:
+    if isinstance(field, ForeignKeyField):
+        return _expected_type(field.rel_field).replace("serial", "")
+    if isinstance(field, ArrayField):
+        return _PG_TYPES.get(field.field_type, field.field_type.lower()) + "[]"
+    kind = field.field_type
+    if kind == "DECIMAL":
+        return f"numeric({field.max_digits},{field.decimal_places})"
+    if kind == "VARCHAR":
+        return f"character varying({field.max_length})"
+    return _PG_TYPES.get(kind, kind.lower())
+
+
+class DatabaseMigration:
+    """Applies, rolls back and verifies the schema through one connection."""
+
+    def __init__(self, connection: DatabaseConnection | None = None):
+        self.connection = connection or db_connection
+
+    def _router(self, db) -> Router:
+        return Router(db, migrate_dir=migrations_dir(), logger=logger)
+
+    def migrate(self) -> list[str]:
+        """Apply every pending migration in one transaction; returns their names."""
+        with self.connection.session("migrate") as db:
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            return self._router(db).run()
+
+    def rollback(self, steps: int = 1) -> list[str]:
+        """Undo the last ``steps`` applied migrations; returns their names."""
+        undone = []
+        with self.connection.session("rollback") as db:
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            for _ in range(steps):
+                router = self._router(db)  # its cached state is stale after each step
+                if not router.done:
+                    break
+                undone.append(router.done[-1])
+                router.rollback()
+        return undone
+
+    def applied(self) -> list[str]:
+        """Names of the migrations recorded in the database."""
+        with self.connection.session("applied") as db:
+            return self._router(db).done
+
+    def pending(self) -> list[str]:
+        """Names of the migration files not yet applied."""
+        with self.connection.session("pending") as db:
+            return self._router(db).diff
+
+    def verify_schema(self) -> list[str]:
+        """Differences between the models and the live database; ``[]`` when healthy.
+
+        Checks tables, columns (type, nullability), indexes (name, columns,
+        uniqueness, method) and named CHECK / FOREIGN KEY constraints.
+        """
+        problems: list[str] = []
+        with self.connection.session("verify_schema") as db:
+            for model in MODELS:
+                problems += self._verify_table(db, model)
+        return problems
+
+    def _verify_table(self, db, model) -> list[str]:
+        table = model._meta.table_name
+        cursor = db.execute_sql(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace "
+            "AND a.attnum > 0 AND NOT a.attisdropped", (table,))
+        live = {name: (kind, notnull) for name, kind, notnull in cursor.fetchall()}
+        if not live:
+            return [f"{table}: table missing"]
+        problems = []
+        for field in model._meta.sorted_fields:
+            column, expected = field.column_name, _expected_type(field)
+            if column not in live:
+                problems.append(f"{table}.{column}: column missing")
+                continue
+            kind, notnull = live.pop(column)
+            if kind != expected:
+                problems.append(f"{table}.{column}: type is {kind}, expected {expected}")
+            if notnull != (not field.null):
+                problems.append(f"{table}.{column}: {'NOT NULL' if notnull else 'nullable'}, "
+                                f"expected {'nullable' if field.null else 'NOT NULL'}")
+        problems += [f"{table}.{column}: unexpected column" for column in live]
+
+        cursor = db.execute_sql(
+            "SELECT i.relname, ix.indisunique, am.amname, "
+            "ARRAY(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(n, o) "
+            "      JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.n ORDER BY k.o) "
+            "FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid "
+            "JOIN pg_class t ON t.oid = ix.indrelid JOIN pg_am am ON am.oid = i.relam "
+            "WHERE t.relname = %s AND t.relnamespace = current_schema()::regnamespace "
+            "AND NOT ix.indisprimary", (table,))
+        indexes = {name: (unique, method, list(cols)) for name, unique, method, cols in cursor.fetchall()}
+        for index in model._meta.fields_to_index():
+            columns = [getattr(e, "column_name", str(e)) for e in index._expressions]
+            expected = (bool(index._unique), (index._using or "btree").lower(), columns)
+            found = indexes.pop(index._name, None)
+            if found is None:
+                problems.append(f"{table}: index {index._name} missing")
+            elif found != expected:
+                problems.append(f"{table}: index {index._name} is {found}, expected {expected}")
+        problems += [f"{table}: unexpected index {name}" for name in indexes]
+
+        cursor = db.execute_sql(
+            "SELECT conname, contype, confdeltype, confrelid::regclass::text FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype IN ('c', 'f')", (table,))
+        constraints = {name: (kind, action, ref) for name, kind, action, ref in cursor.fetchall()}
+        for clause in model._meta.constraints or ():
+            match = re.match(r"CONSTRAINT (\w+) CHECK", clause.sql)
+            if match and constraints.pop(match.group(1), None) is None:
+                problems.append(f"{table}: check constraint {match.group(1)} missing")
+        actions = {"CASCADE": "c", "SET NULL": "n", "RESTRICT": "r", None: "a"}
+        for field in model._meta.refs:
+            name = f"{table}_{field.column_name}_fkey"
+            found = constraints.pop(name, None)
+            expected = ("f", actions.get(field.on_delete, "a"), field.rel_model._meta.table_name)
+            if found is None:
+                problems.append(f"{table}: foreign key {name} missing")
+            elif found != expected:
+                problems.append(f"{table}: foreign key {name} is {found}, expected {expected}")
+        problems += [f"{table}: unexpected constraint {name}" for name in constraints]
+        return problems
+
+
+def run_migrations(url: str | None = None) -> list[str]:
+    """Apply pending migrations; returns the names applied.
+
+    With ``url``, a private one-connection pool is used and closed; without,
+    the module-level connection (initialized from the environment if needed).
+    """
+    if url is None:
+        if not db_connection.is_initialized:
+            db_connection.initialize()
+        return DatabaseMigration(db_connection).migrate()
+    connection = DatabaseConnection(bind_models=False).initialize(url, pool_size=1, max_overflow=0)
+    try:
+        return DatabaseMigration(connection).migrate()
+    finally:
+        connection.close()

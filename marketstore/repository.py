@@ -1,0 +1,142 @@
+"""``BaseRepository[T]``: the one generic CRUD implementation every repository inherits."""
+from __future__ import annotations
+
+from typing import Any, Generic, Iterable, Mapping, TypeVar
+
+from .connection import DatabaseConnection, db_connection
+from .errors import DataValidationError, NotFoundError
+from .models import BaseModel
+
+T = TypeVar("T", bound=BaseModel)
+
+MAX_PAGE = 10_000
+
+
+def _positive_int(name: str, value, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum and value > maximum):
+        bound = f" <= {maximum}" if maximum else ""
+        raise DataValidationError(name, value, f"a positive integer{bound}")
+    return value
+
+
+class BaseRepository(Generic[T]):
+    """CRUD over one model. Subclasses set ``model`` and add their own queries.
+
+    Every method runs in its own session (a transaction), or joins the caller's
+    when called inside ``get_db_session()`` (a savepoint), so several calls can
+    be made atomic together. Errors are :mod:`marketstore.errors` types.
+    """
+
+    model: type[T]
+
+    def __init__(self, connection: DatabaseConnection | None = None):
+        self.connection = connection or db_connection
+
+    def session(self, operation: str):
+        """A session labelled with this repository's model, for logs and errors."""
+        return self.connection.session(operation, self.model.__name__)
+
+    def _returning(self, query):
+        return query.returning(*self.model._meta.sorted_fields).objects(self.model)
+
+    def _where(self, query, filters: Mapping[str, Any]):
+        fields = self.model._meta.fields
+        for name, value in filters.items():
+            if name not in fields:
+                raise DataValidationError(name, value, f"a field of {self.model.__name__} ({', '.join(fields)})")
+            field = fields[name]
+            query = query.where(field.is_null() if value is None else field == value)
+        return query
+
+    def create(self, **data) -> T:
+        """Insert one row; returns it as stored (database defaults filled in).
+
+        Raises ``DataValidationError`` (bad input) or ``IntegrityViolation``.
+        """
+        row = self.model.validate(data)
+        with self.session("create"):
+            return self._returning(self.model.insert(row)).execute()[0]
+
+    def get_by_id(self, id: int) -> T | None:
+        """The row with primary key ``id``, or ``None``."""
+        _positive_int("id", id)
+        with self.session("get_by_id"):
+            return self.model.get_or_none(self.model._meta.primary_key == id)
+
+    def get(self, id: int) -> T:
+        """The row with primary key ``id``; raises ``NotFoundError`` if absent."""
+        found = self.get_by_id(id)
+        if found is None:
+            raise NotFoundError(f"{self.model.__name__} id={id!r} not found")
+        return found
+
+    def list(self, limit: int = 100, after_id: int | None = None, **filters) -> list[T]:
+        """Up to ``limit`` rows matching ``filters`` (equality), ordered by id.
+
+        Keyset pagination: pass the last id of one page as ``after_id`` of the next.
+        """
+        _positive_int("limit", limit, MAX_PAGE)
+        pk = self.model._meta.primary_key
+        query = self._where(self.model.select(), filters).order_by(pk).limit(limit)
+        if after_id is not None:
+            query = query.where(pk > _positive_int("after_id", after_id))
+        with self.session("list"):
+            return list(query)
+
+    def update(self, id: int, **data) -> T:
+        """Change fields of row ``id`` (validated against the whole row); returns it.
+
+        Raises ``NotFoundError``, ``DataValidationError`` or ``IntegrityViolation``.
+        """
+        _positive_int("id", id)
+        changes = self.model.validate(data, partial=True)
+        pk = self.model._meta.primary_key
+        with self.session("update"):
+            current = self.model.select().where(pk == id).for_update().get_or_none()
+            if current is None:
+                raise NotFoundError(f"{self.model.__name__} id={id!r} not found")
+            # Cross-field rules (high >= low...) need the merged row, not just the change.
+            merged = self.model.validate({**current.__data__, **changes}, partial=True)
+            if not changes:
+                return current
+            query = self.model.update({k: merged[k] for k in changes}).where(pk == id)
+            return self._returning(query).execute()[0]
+
+    def delete(self, id: int) -> bool:
+        """Delete row ``id``; ``True`` if it existed."""
+        _positive_int("id", id)
+        with self.session("delete"):
+            return self.model.delete().where(self.model._meta.primary_key == id).execute() > 0
+
+    def count(self, **filters) -> int:
+        """Number of rows matching ``filters`` (equality)."""
+        with self.session("count"):
+            return self._where(self.model.select(), filters).count()
+
+    def exists(self, **filters) -> bool:
+        """Whether any row matches ``filters`` (equality)."""
+        with self.session("exists"):
+            return self._where(self.model.select(), filters).exists()
+
+    def bulk_create(self, rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> int:
+        """Insert all ``rows`` in one transaction, ``batch_size`` per statement.
+
+        Every row is validated before the first statement; any failure writes
+        nothing. Returns the number of rows inserted.
+        """
+        _positive_int("batch_size", batch_size, MAX_PAGE)
+        validated = []
+        for number, row in enumerate(rows, 1):
+            try:
+                validated.append(self.model.validate(row))
+            except DataValidationError as exc:
+                raise DataValidationError(f"row {number}: {exc.field}", exc.value, exc.expected) from None
+        # One statement needs one column list: group rows by the fields they set.
+        groups: dict[tuple, list[dict]] = {}
+        for row in validated:
+            groups.setdefault(tuple(sorted(row)), []).append(row)
+        with self.session("bulk_create"):
+            for group in groups.values():
+                for start in range(0, len(group), batch_size):
+                    self.model.insert_many(group[start:start + batch_size]).execute()
+        return len(validated)
