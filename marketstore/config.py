@@ -100,6 +100,8 @@ class Settings:
         auth = f"{user}:***@" if params.get("password") else (f"{user}@" if user else "")
         host = params.get("host") or params.get("hostaddr") or "localhost"
         port = f":{params['port']}" if params.get("port") else ""
+        if host.startswith("/"):  # unix socket directory
+            return f"postgresql://{auth}/{self.database}?host={host}"
         return f"postgresql://{auth}{host}{port}/{self.database}"
 
     def __repr__(self) -> str:
