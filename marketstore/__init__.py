@@ -1,4 +1,6 @@
 """marketstore: the PostgreSQL data layer of a market-sentiment trading system."""
+import logging as _logging
+
 from .config import Settings, load_settings
 from .connection import (
     DatabaseConnection,
@@ -42,3 +44,7 @@ from .repositories import (
     TradingSignalRepository,
 )
 from .migrations import DatabaseMigration, run_migrations
+
+# A library does not configure logging; without this, Python's last-resort
+# handler would print our ERROR records to stderr of every application.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

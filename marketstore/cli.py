@@ -11,7 +11,7 @@ from . import embedded
 from .config import URL_VAR, is_configured
 from .connection import db_connection, initialize_database
 from .errors import MarketstoreError
-from .migrations import DatabaseMigration
+from .migrations import DatabaseMigration, grant_application_role
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,25 @@ def health() -> None:
     click.echo(f"OK: PostgreSQL {version} at {settings.safe_url()}")
     status = db_connection.pool_status()
     click.echo("pool: " + ", ".join(f"{key}={value}" for key, value in status.items()))
+
+
+@main.command()
+@click.argument("role")
+@click.option("--create", is_flag=True, help="Create the role (LOGIN, no password) if it does not exist.")
+@command
+def grant(role: str, create: bool) -> None:
+    """Give ROLE row access to the tables and nothing else (run as the table owner).
+
+    ROLE can SELECT/INSERT/UPDATE/DELETE rows and use the id sequences; it
+    cannot DROP, TRUNCATE or CREATE, and the order audit trail is append-only.
+    The same SQL ships as marketstore/sql/roles.sql.
+
+    \b
+    Example:
+      marketstore grant marketstore_app --create
+    """
+    grant_application_role(role, create=create)
+    click.echo(f"Granted row access on the marketstore tables to {role}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -182,3 +182,33 @@ def run_migrations(url: str | None = None) -> list[str]:
         return DatabaseMigration(connection).migrate()
     finally:
         connection.close()
+
+
+def grant_application_role(role: str, connection: DatabaseConnection | None = None,
+                           create: bool = False) -> None:
+    """Give ``role`` exactly the row privileges the repositories need (``sql/roles.sql``).
+
+    Run as the owner of the tables. With ``create``, a missing role is created
+    (``LOGIN``, no password: set one with ALTER ROLE). Raises ``QueryError`` if
+    the role does not exist, and ``DataValidationError`` for an unusable name.
+    """
+    from importlib.resources import files
+
+    from psycopg2 import sql
+
+    from .errors import DataValidationError
+
+    if not isinstance(role, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", role):
+        raise DataValidationError("role", role, "a PostgreSQL role name (letters, digits, _ $ -)")
+    script = files("marketstore").joinpath("sql/roles.sql").read_text()
+    connection = connection or db_connection
+    with connection.session("grant") as db:
+        conn = db.connection()
+        name = sql.Identifier(role).as_string(conn)
+        if create:
+            exists = db.execute_sql("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                db.execute_sql(f"CREATE ROLE {name} LOGIN")
+        statements = re.sub(r"--[^\n]*", "", script).replace(':"app_role"', name)
+        for statement in filter(str.strip, statements.split(";")):
+            db.execute_sql(statement)
