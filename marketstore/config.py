@@ -121,9 +121,12 @@ def parse_url(url: str) -> dict[str, str]:
         )
     try:
         params = psycopg2.extensions.parse_dsn(url)
-    except psycopg2.ProgrammingError as exc:
-        # The message can quote the URL; say only what is wrong with its shape.
-        raise ConfigurationError(f"{URL_VAR}: not a valid libpq URL ({type(exc).__name__})") from None
+    except psycopg2.ProgrammingError:
+        params = None
+    if params is None:
+        # Raised outside the except block: libpq's message quotes the URL, password
+        # included, and would otherwise travel along as __context__.
+        raise ConfigurationError(f"{URL_VAR}: not a valid libpq URL")
     if "port" in params:
         _parse(f"{URL_VAR} port", "int>=1", params["port"])
     return params

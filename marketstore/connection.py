@@ -86,12 +86,24 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
 
     # -- checkout ---------------------------------------------------------
     def connect(self, reuse_if_open: bool = False) -> bool:
-        # Waiting happens here, outside peewee's database lock, which close()
-        # also takes: waiting under it would block every check-in.
+        """Check a connection out for this thread, waiting up to ``pool_timeout``.
+
+        Unlike ``Database.connect`` this does not hold the database lock while
+        a new connection is opened: check-ins take that lock too, so one slow
+        connect (an unreachable host) would otherwise stall every thread.
+        """
+        if self.deferred:
+            raise peewee.InterfaceError("database must be initialized before opening a connection")
+        if not self._state.closed:
+            if reuse_if_open:
+                return False
+            raise peewee.OperationalError("Connection already opened.")
         deadline = time.monotonic() + self._wait
         while True:
             try:
-                return super(_PeeweePool, self).connect(reuse_if_open)
+                with peewee.__exception_wrapper__:
+                    conn = self._connect()
+                break
             except MaxConnectionsExceeded:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -101,6 +113,18 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                 with self._cond:
                     if len(self._busy) >= self._cap and not self._idle:
                         self._cond.wait(min(remaining, 1.0))
+        try:
+            with self._lock, peewee.__exception_wrapper__:  # thread state is per thread; the lock guards server_version
+                self._state.reset()
+                self._state.set_connection(conn)
+                if self.server_version is None:
+                    self._set_server_version(conn)
+                self._initialize_connection(conn)
+        except BaseException:
+            self._state.reset()
+            self._close(conn, close_conn=True)
+            raise
+        return True
 
     def _connect(self):
         with self._cond:
@@ -318,7 +342,7 @@ class DatabaseConnection:
         return self._db.status()
 
     def close(self) -> None:
-        """Close every pooled connection and unbind the models."""
+        """Close every pooled connection; the next session needs ``initialize()`` again."""
         with self._lock:
             db, self._db = self._db, None
         if db is not None:

@@ -30,7 +30,7 @@ from peewee import (
     SmallIntegerField,
     TextField,
 )
-from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
+from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField, TSVectorField
 
 from .errors import DataValidationError
 
@@ -71,6 +71,18 @@ class UTCDateTimeField(DateTimeTZField):
         if isinstance(value, dt.datetime):
             return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
+
+
+class GeneratedTSVectorField(TSVectorField):
+    """A ``tsvector GENERATED ALWAYS AS (...) STORED`` column: PostgreSQL computes it.
+
+    A generated column accepts no value but ``DEFAULT``, so every write of this
+    field sends ``DEFAULT``: saving a fetched instance keeps working, and the
+    stored vector can never drift from the text it indexes.
+    """
+
+    def db_value(self, value):
+        return SQL("DEFAULT")
 
 
 def _server_now(**kwargs) -> UTCDateTimeField:
@@ -263,17 +275,18 @@ class BaseModel(Model):
                 row[name] = None
             else:
                 row[name] = _coerce(name, field, value)
+        # Before the required-field check: check_row may derive fields (config_hash).
+        cls.check_row(row, partial=partial)
         if not partial:
             for name, field in fields.items():
                 if (name not in row and not field.null and not field.primary_key
                         and field.default is None and not getattr(field, "server_default", False)):
                     _fail(name, None, "a value (the field is required)")
-        cls.check_row(row)
         return row
 
     @classmethod
-    def check_row(cls, row: dict) -> None:
-        """Cross-field rules; ``row`` holds normalised values (possibly partial)."""
+    def check_row(cls, row: dict, partial: bool = False) -> None:
+        """Cross-field rules on normalised values; with ``partial``, fields may be absent."""
 
     def save(self, *args, **kwargs):
         self.__data__.update(type(self).validate(self.__data__, partial=self._pk is not None))
@@ -304,7 +317,7 @@ class Price(BaseModel):
         ]
 
     @classmethod
-    def check_row(cls, row):
+    def check_row(cls, row, partial=False):
         low, high = row.get("low"), row.get("high")
         if low is not None and high is not None and high < low:
             _fail("high", high, f"high >= low ({low})")
@@ -314,6 +327,17 @@ class Price(BaseModel):
                 _fail(name, value, f"{name} >= low ({low})")
             if value is not None and high is not None and value > high:
                 _fail(name, value, f"{name} <= high ({high})")
+
+
+# Title weighted A, content B. Only the first 100,000 characters of content are
+# indexed: a tsvector is capped at 1 MB, which a 1,000,000-character content of
+# distinct words exceeds (the INSERT would fail); 100,000 stays far below it.
+ARTICLE_SEARCH_VECTOR = (
+    "GENERATED ALWAYS AS ("
+    "setweight(to_tsvector('english'::regconfig, coalesce(title, '')), 'A') || "
+    "setweight(to_tsvector('english'::regconfig, left(coalesce(content, ''), 100000)), 'B')"
+    ") STORED"
+)
 
 
 class Article(BaseModel):
@@ -327,6 +351,8 @@ class Article(BaseModel):
     ingested_at = _server_now()
     symbols = _text_array(index=True)  # GIN: for_symbol
     metadata = _document(default=dict)
+    # Full-text search (ArticleRepository.search); created by migration 002_article_search.
+    search_vector = GeneratedTSVectorField(null=True, index=True, constraints=[SQL(ARTICLE_SEARCH_VECTOR)])
 
     class Meta:
         table_name = "articles"
@@ -411,14 +437,18 @@ class Order(BaseModel):
             _check("orders", "side_check", _in("side", ORDER_SIDES)),
             _check("orders", "status_check", _in("status", ORDER_STATUSES)),
             _check("orders", "quantity_check", "quantity > 0"),
-            _check("orders", "price_check", "price > 0 OR (price IS NULL AND order_type = 'market')"),
+            _check("orders", "price_check",
+                   # Not "price > 0 OR (price IS NULL AND ...)": NULL OR FALSE is NULL, which a CHECK accepts.
+                   "CASE WHEN price IS NULL THEN order_type = 'market' ELSE price > 0 END"),
             _check("orders", "fill_check", "filled_quantity >= 0 AND filled_quantity <= quantity"),
             _check("orders", "fill_price_check", "average_fill_price IS NULL OR average_fill_price > 0"),
         ]
 
     @classmethod
-    def check_row(cls, row):
-        if row.get("order_type") not in (None, "market") and "price" in row and row["price"] is None:
+    def check_row(cls, row, partial=False):
+        # An insert that omits price has none; an update that omits it keeps the stored one.
+        if (row.get("order_type") not in (None, "market") and row.get("price") is None
+                and (not partial or "price" in row)):
             _fail("price", None, f"a price for a {row['order_type']} order")
         qty, filled = row.get("quantity"), row.get("filled_quantity")
         if qty is not None and filled is not None and filled > qty:
@@ -461,13 +491,13 @@ class BacktestResult(BaseModel):
         constraints = [_check("backtest_results", "config_hash_check", "config_hash ~ '^[0-9a-f]{64}$'")]
 
     @classmethod
-    def check_row(cls, row):
+    def check_row(cls, row, partial=False):
         if "config" in row:
             expected = config_hash(row["config"])
             if row.get("config_hash") not in (None, expected):
                 _fail("config_hash", row["config_hash"], f"sha256 of the canonical config ({expected})")
             row["config_hash"] = expected
-        elif "config_hash" in row:
+        elif "config_hash" in row and partial:  # an insert without config fails on config itself
             _fail("config_hash", row["config_hash"], "to be derived from config (pass config instead)")
 
 

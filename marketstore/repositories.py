@@ -1,58 +1,860 @@
 """The seven specialised repositories: each holds only its own queries.
 
-CRUD is inherited from :class:`~marketstore.repository.BaseRepository`.
+CRUD is inherited from :class:`~marketstore.repository.BaseRepository`. Every
+method validates its parameters before touching the database (raising
+:class:`DataValidationError` naming the parameter and value), runs in
+``self.session(...)`` so callers can compose several calls into one
+``get_db_session()`` transaction, and sends every value as a bound parameter.
+
+Conventions shared by all queries:
+
+* time ranges are half-open, ``start <= t < end``; datetimes may be naive
+  (taken as UTC) or aware, and every datetime returned is aware UTC;
+* ``since`` is inclusive (``t >= since``);
+* ``as_of`` (point in time): only rows whose article was ingested at or
+  before ``as_of`` are visible; an event without an article is visible when its
+  own ``timestamp`` is at or before ``as_of``;
+* buckets (``resample``, ``timeseries``) are ``date_bin`` buckets aligned to
+  Monday 2000-01-03 00:00 UTC, so hours and days fall on UTC boundaries and
+  weeks start on Monday; each is labelled by its start, and buckets without
+  rows are omitted.
 """
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import os
+import re
+from decimal import Decimal
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import psycopg2
+from peewee import JOIN, SQL, Expression, fn
+
+from .errors import DataValidationError, NotFoundError
 from .models import (
+    INTERVAL_PATTERN,
+    ORDER_STATUSES,
+    SIGNAL_TYPES,
+    UTC,
     Article,
     BacktestResult,
     Event,
     Order,
+    OrderEvent,
     Price,
     SentimentScore,
     TradingSignal,
+    _timestamp,
+    config_hash,
 )
-from .repository import BaseRepository
+from .repository import MAX_PAGE, BaseRepository, _positive_int
+
+# -- parameter checks -----------------------------------------------------------
+
+MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
+MAX_QUERY_TEXT = 1_000  # search text, metric names, event types
+
+
+def _text(name: str, value, max_length: int) -> str:
+    """A non-empty string without NUL of at most ``max_length`` characters.
+
+    Content is not restricted further: it is only ever sent as a bound
+    parameter, so quotes or semicolons are data (and simply match nothing).
+    """
+    if not isinstance(value, str) or not value:
+        raise DataValidationError(name, value, "a non-empty string")
+    if "\x00" in value:
+        raise DataValidationError(name, value, "text without NUL characters")
+    if len(value) > max_length:
+        raise DataValidationError(name, value, f"at most {max_length} characters")
+    return value
+
+
+def _when(name: str, value) -> dt.datetime:
+    """An aware UTC datetime from a datetime (naive = UTC) or ISO-8601 string."""
+    try:
+        return _timestamp(name, value)
+    except (DataValidationError, OverflowError):  # OverflowError: beyond datetime's range once in UTC
+        raise DataValidationError(name, value, "a datetime (naive = UTC) or ISO-8601 string") from None
+
+
+def _maybe_when(name: str, value) -> dt.datetime | None:
+    return None if value is None else _when(name, value)
+
+
+def _span(start, end) -> tuple[dt.datetime, dt.datetime]:
+    start, end = _when("start", start), _when("end", end)
+    if end < start:
+        raise DataValidationError("end", end, f"a time at or after start ({start.isoformat()})")
+    return start, end
+
+
+def _row_id(name: str, value) -> int:
+    """The id of a row of an ``integer``-keyed table (articles, trading_signals)."""
+    return _positive_int(name, value, 2**31 - 1)
+
+
+def _limit(value, name: str = "limit") -> int:
+    return _positive_int(name, value, MAX_PAGE)
+
+
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise DataValidationError(name, value, f"one of {', '.join(choices)}")
+    return value
+
+
+def _interval(value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(INTERVAL_PATTERN, value):
+        raise DataValidationError("interval", value, "a bar interval such as 1m, 5m, 1h, 1d, 1w, 1mo")
+    return value
+
+
+_BUCKET_UNITS = {
+    unit: seconds
+    for names, seconds in (
+        (("s", "sec", "secs", "second", "seconds"), 1),
+        (("m", "min", "mins", "minute", "minutes"), 60),
+        (("h", "hr", "hrs", "hour", "hours"), 3600),
+        (("d", "day", "days"), 86400),
+        (("w", "week", "weeks"), 604800),
+    )
+    for unit in names
+}
+_BUCKET_PATTERN = re.compile(r"\s*(\d{1,6})?\s*([a-z]+)\s*", re.IGNORECASE)
+# date_bin aligns buckets to this origin: a Monday at midnight UTC.
+BUCKET_ORIGIN = dt.datetime(2000, 1, 3, tzinfo=UTC)
+
+
+def _bucket(value) -> dt.timedelta:
+    """A bucket width: a positive ``timedelta`` or text like ``'1 hour'``, ``'15m'``, ``'1d'``.
+
+    Months and years are refused: they have no fixed width (``date_bin`` cannot bin by them).
+    """
+    expected = "a positive timedelta or text such as '1 hour', '15 minutes', '15m', '1d', '1 week'"
+    if isinstance(value, dt.timedelta):
+        if value <= dt.timedelta(0):
+            raise DataValidationError("bucket", value, expected)
+        return value
+    match = _BUCKET_PATTERN.fullmatch(value) if isinstance(value, str) else None
+    unit = _BUCKET_UNITS.get(match.group(2).lower()) if match else None
+    count = int(match.group(1) or 1) if match else 0
+    if unit is None or count < 1:
+        raise DataValidationError("bucket", value, expected)
+    return dt.timedelta(seconds=count * unit)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(UTC)
+
+
+def _visible_to(article, as_of: dt.datetime | None):
+    """Condition: the article was known (ingested) at ``as_of``."""
+    return None if as_of is None else article.ingested_at <= as_of
+
+
+def _contains(field, item: str):
+    """``field @> ARRAY[item]::text[]``: array containment, the operator a GIN index serves."""
+    return Expression(field, "@>", SQL("ARRAY[%s]::text[]", [item]))
+
+
+def _where(query, *conditions):
+    """``query.where(...)`` of the conditions that are not ``None``."""
+    conditions = [c for c in conditions if c is not None]
+    return query.where(*conditions) if conditions else query
+
+
+# Everything but the generated search vector: large, and of no use to callers.
+_ARTICLE_FIELDS = [f for f in Article._meta.sorted_fields if f is not Article.search_vector]
+_ARTICLE_COLUMNS = ", ".join(f'a."{f.column_name}"' for f in _ARTICLE_FIELDS)
+
+
+# -- prices ---------------------------------------------------------------------
+
+class PriceBar(NamedTuple):
+    """One resampled OHLCV bar; ``bucket`` is the (aware UTC) start of its bucket."""
+
+    bucket: dt.datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    count: int  # source bars in the bucket
+
+
+PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
+"""Column order of ``copy_from`` sequences and CSV rows (``interval`` may be left out)."""
+
+_PRICE_KEY = ("symbol", "interval", "timestamp")
+
+
+def _price_row(data, where: str) -> dict:
+    """Validate one input row (a mapping or a sequence in ``PRICE_COLUMNS`` order).
+
+    ``where`` ("row 3", "prices.csv, line 4") prefixes the field in any error.
+    """
+    if isinstance(data, Mapping):
+        row = dict(data)
+    elif isinstance(data, (list, tuple)) and len(data) in (len(PRICE_COLUMNS) - 1, len(PRICE_COLUMNS)):
+        row = dict(zip(PRICE_COLUMNS, data))
+    else:
+        raise DataValidationError(where, data, f"a mapping or a sequence of {', '.join(PRICE_COLUMNS)} "
+                                               "(interval optional)")
+    for name in row:
+        if name not in PRICE_COLUMNS:
+            raise DataValidationError(f"{where}: {name}", row[name], f"one of the columns {', '.join(PRICE_COLUMNS)}")
+    try:
+        row = Price.validate(row)
+    except DataValidationError as exc:
+        raise DataValidationError(f"{where}: {exc.field}", exc.value, exc.expected) from None
+    row.setdefault("interval", Price.interval.default)
+    return row
+
+
+class _CopyStream:
+    """A read-only file over CSV lines produced on demand, for ``cursor.copy_expert``.
+
+    Only ``read(size)`` chunks are ever held in memory. An exception raised by
+    the producer is kept in ``error`` (psycopg2 replaces it by a generic "error
+    in .read() call") and re-raised, which aborts the COPY.
+    """
+
+    def __init__(self, lines: Iterator[str]):
+        self._lines = lines
+        self._buffer = bytearray()
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            while size < 0 or len(self._buffer) < size:
+                line = next(self._lines, None)
+                if line is None:
+                    break
+                self._buffer += line.encode("utf-8")
+        except Exception as exc:  # whatever the producer raised: kept for the caller
+            self.error = exc
+            raise
+        size = len(self._buffer) if size < 0 else size
+        chunk = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return chunk
+
+
+def _csv_records(path: str) -> Iterator[tuple[str, dict]]:
+    """``(where, row)`` for each record of the CSV file at ``path``, read lazily.
+
+    The first line is a header naming the columns (any order, ``interval``
+    optional). Blank lines are skipped.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            header = [name.strip() for name in header]
+            required = [c for c in PRICE_COLUMNS if c != "interval"]
+            if (sorted(set(header)) != sorted(header) or not set(required) <= set(header)
+                    or not set(header) <= set(PRICE_COLUMNS)):
+                raise DataValidationError(f"{path}, line 1: header", header,
+                                          f"the columns {', '.join(PRICE_COLUMNS)} (interval optional), once each")
+            for record in reader:
+                where = f"{path}, line {reader.line_num}"
+                if not record or record == [""]:
+                    continue
+                if len(record) != len(header):
+                    raise DataValidationError(where, record, f"{len(header)} fields ({', '.join(header)})")
+                yield where, dict(zip(header, record))
+        except UnicodeDecodeError as exc:
+            raise DataValidationError(f"{path}, line {reader.line_num + 1}", exc.object[exc.start:exc.end],
+                                      "UTF-8 text") from None
+        except csv.Error as exc:
+            raise DataValidationError(f"{path}, line {reader.line_num}", str(exc), "well-formed CSV") from None
+
+
+def _copy_lines(records: Iterable[tuple[str, Any]], counter: list[int]) -> Iterator[str]:
+    """Validated rows rendered as CSV lines in ``PRICE_COLUMNS`` order."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for where, data in records:
+        row = _price_row(data, where)
+        writer.writerow([row["symbol"], row["timestamp"].isoformat(), row["open"], row["high"],
+                         row["low"], row["close"], row["volume"], row["interval"]])
+        counter[0] += 1
+        line = out.getvalue()
+        out.seek(0)
+        out.truncate()
+        yield line
 
 
 class PriceRepository(BaseRepository[Price]):
-    """OHLCV bars."""
+    """OHLCV bars. Served by the unique (symbol, interval, timestamp) index."""
 
     model = Price
 
+    def get_range(self, symbol: str, start, end, interval: str = "1m") -> list[Price]:
+        """Bars of ``symbol``/``interval`` with ``start <= timestamp < end``, oldest first."""
+        symbol, interval = _text("symbol", symbol, 32), _interval(interval)
+        start, end = _span(start, end)
+        query = (Price.select()
+                 .where(Price.symbol == symbol, Price.interval == interval,
+                        Price.timestamp >= start, Price.timestamp < end)
+                 .order_by(Price.timestamp))
+        with self.session("get_range"):
+            return list(query)
+
+    def latest(self, symbol: str, interval: str = "1m") -> Price | None:
+        """The newest bar of ``symbol``/``interval``, or ``None``."""
+        symbol, interval = _text("symbol", symbol, 32), _interval(interval)
+        query = (Price.select().where(Price.symbol == symbol, Price.interval == interval)
+                 .order_by(Price.timestamp.desc()).limit(1))
+        with self.session("latest"):
+            return query.first()
+
+    def latest_for_symbols(self, symbols: Iterable[str], interval: str = "1m") -> dict[str, Price]:
+        """``{symbol: newest bar}`` for each of ``symbols`` that has a bar, in one statement.
+
+        One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
+        sort of the whole table as ``DISTINCT ON`` would need.
+        """
+        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+            raise DataValidationError("symbols", symbols, "a list of symbols")
+        wanted = list(dict.fromkeys(_text(f"symbols[{i}]", s, 32) for i, s in enumerate(symbols)))
+        if len(wanted) > MAX_SYMBOLS:
+            raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
+        interval = _interval(interval)
+        if not wanted:
+            return {}
+        sql = ('SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
+               'CROSS JOIN LATERAL (SELECT * FROM prices '
+               '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
+               '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+        with self.session("latest_for_symbols"):
+            return {bar.symbol: bar for bar in Price.raw(sql, wanted, interval)}
+
+    def upsert_many(self, rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> int:
+        """Insert ``rows``, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
+
+        All rows or none: one transaction, ``batch_size`` rows per
+        ``INSERT ... ON CONFLICT DO UPDATE``, each row validated as it is read
+        (an error names the row number and field). A key repeated in the input
+        is applied in order (the last one wins). Returns the number of input
+        rows written. Raises ``DataValidationError`` or ``IntegrityViolation``.
+        """
+        batch_size = _limit(batch_size, "batch_size")
+        if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+            raise DataValidationError("rows", rows, "an iterable of price rows (mappings)")
+        preserve = [Price.open, Price.high, Price.low, Price.close, Price.volume]
+        target = [Price.symbol, Price.interval, Price.timestamp]
+        written = 0
+        with self.session("upsert_many"):
+            batch: dict[tuple, dict] = {}
+            for number, data in enumerate(rows, 1):
+                if not isinstance(data, Mapping):
+                    raise DataValidationError(f"row {number}", data, "a mapping of price columns")
+                row = _price_row(data, f"row {number}")
+                key = tuple(row[k] for k in _PRICE_KEY)
+                batch.pop(key, None)  # one statement may touch a row only once: keep the last
+                batch[key] = row
+                written += 1
+                if len(batch) >= batch_size:
+                    Price.insert_many(list(batch.values())).on_conflict(
+                        conflict_target=target, preserve=preserve).execute()
+                    batch = {}
+            if batch:
+                Price.insert_many(list(batch.values())).on_conflict(
+                    conflict_target=target, preserve=preserve).execute()
+        return written
+
+    def copy_from(self, rows_or_csv_path) -> int:
+        """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
+
+        ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
+        :data:`PRICE_COLUMNS` order) or the path of a UTF-8 CSV file whose
+        header names the columns (a FIFO such as ``/dev/stdin`` works too).
+        Rows are validated and streamed as they are read, so a file of any
+        size is never held in memory. Insert-only: a bar that already exists
+        is an ``IntegrityViolation`` (use :meth:`upsert_many` to update). All
+        or nothing: a bad row aborts the whole load with a
+        ``DataValidationError`` naming the file and line (or the row number of
+        an iterable) and the field. ``OSError`` if the file cannot be read.
+        """
+        if isinstance(rows_or_csv_path, (str, os.PathLike)):
+            path = os.fspath(rows_or_csv_path)
+            if isinstance(path, bytes):
+                path = os.fsdecode(path)
+            _text("rows_or_csv_path", path, 4096)
+            os.stat(path)  # a missing file fails here, before a transaction (FIFOs are fine)
+            records: Iterable = _csv_records(path)
+        elif isinstance(rows_or_csv_path, Iterable) and not isinstance(rows_or_csv_path, (bytes, Mapping)):
+            records = ((f"row {n}", data) for n, data in enumerate(rows_or_csv_path, 1))
+        else:
+            raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
+        counter = [0]
+        stream = _CopyStream(_copy_lines(records, counter))
+        columns = ", ".join(f'"{c}"' for c in PRICE_COLUMNS)
+        sql = f"COPY prices ({columns}) FROM STDIN WITH (FORMAT csv)"
+        with self.session("copy_from") as db:
+            cursor = db.connection().cursor()
+            try:
+                cursor.copy_expert(sql, stream, size=64 * 1024)
+            except psycopg2.Error:
+                if stream.error is not None:
+                    raise stream.error from None
+                raise
+            finally:
+                cursor.close()
+        return counter[0]
+
+    def resample(self, symbol: str, start, end, bucket="1 hour", interval: str = "1m") -> list[PriceBar]:
+        """OHLCV bars of width ``bucket`` built in SQL from the ``interval`` bars in ``[start, end)``.
+
+        Per bucket: first open, max high, min low, last close, summed volume
+        and the number of source bars; oldest first, empty buckets omitted.
+        """
+        symbol, interval = _text("symbol", symbol, 32), _interval(interval)
+        start, end = _span(start, end)
+        width = _bucket(bucket)
+        sql = ('SELECT date_bin(%s, "timestamp", %s) AS bucket, '
+               '(array_agg(open ORDER BY "timestamp"))[1], max(high), min(low), '
+               '(array_agg(close ORDER BY "timestamp" DESC))[1], sum(volume), count(*) '
+               'FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s '
+               'GROUP BY 1 ORDER BY 1')
+        with self.session("resample") as db:
+            rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
+        return [PriceBar(_aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
+
+    def symbols(self) -> list[str]:
+        """Every symbol that has bars, sorted.
+
+        A loose index scan (one probe of the unique index per distinct
+        symbol), instead of reading every row as ``SELECT DISTINCT`` would.
+        """
+        sql = ("WITH RECURSIVE s(symbol) AS ("
+               "  (SELECT symbol FROM prices ORDER BY symbol LIMIT 1)"
+               "  UNION ALL"
+               "  SELECT (SELECT p.symbol FROM prices p WHERE p.symbol > s.symbol ORDER BY p.symbol LIMIT 1)"
+               "  FROM s WHERE s.symbol IS NOT NULL"
+               ") SELECT symbol FROM s WHERE symbol IS NOT NULL")
+        with self.session("symbols") as db:
+            return [symbol for (symbol,) in db.execute_sql(sql).fetchall()]
+
+    def delete_before(self, ts) -> int:
+        """Delete every bar (all symbols and intervals) with ``timestamp < ts``; returns the count.
+
+        Retention is a sweep over the whole table, so this is a sequential scan
+        by design: SPEC gives prices no timestamp index (it would slow ingest).
+        """
+        ts = _when("ts", ts)
+        with self.session("delete_before"):
+            return Price.delete().where(Price.timestamp < ts).execute()
+
+
+# -- articles -------------------------------------------------------------------
 
 class ArticleRepository(BaseRepository[Article]):
-    """News articles."""
+    """News articles. Returned instances leave out ``search_vector``."""
 
     model = Article
 
+    def for_symbol(self, symbol: str, since=None, limit: int = 100, *, as_of=None) -> list[Article]:
+        """Articles tagged ``symbol``, newest ``published_at`` first (undated last).
+
+        ``since``: only articles published at or after it. Array containment
+        (``symbols @> ARRAY[symbol]``), served by the GIN index on ``symbols``.
+        """
+        symbol, limit = _text("symbol", symbol, 256), _limit(limit)
+        since, as_of = _maybe_when("since", since), _maybe_when("as_of", as_of)
+        query = _where(Article.select(*_ARTICLE_FIELDS),
+                       _contains(Article.symbols, symbol),
+                       None if since is None else Article.published_at >= since,
+                       _visible_to(Article, as_of))
+        query = query.order_by(Article.published_at.desc(nulls="LAST"), Article.id.desc()).limit(limit)
+        with self.session("for_symbol"):
+            return list(query)
+
+    def recent(self, limit: int = 100, *, as_of=None) -> list[Article]:
+        """The ``limit`` newest articles by ``published_at`` (undated ones after all dated ones)."""
+        limit, as_of = _limit(limit), _maybe_when("as_of", as_of)
+        visible = _visible_to(Article, as_of)
+        # Two index-ordered statements: ORDER BY published_at DESC NULLS LAST
+        # cannot walk the (ASC NULLS LAST) published_at index, and would sort
+        # the whole table on every call.
+        dated = _where(Article.select(*_ARTICLE_FIELDS), Article.published_at.is_null(False), visible)
+        with self.session("recent"):
+            found = list(dated.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit))
+            if len(found) < limit:
+                undated = _where(Article.select(*_ARTICLE_FIELDS), Article.published_at.is_null(), visible)
+                found += list(undated.order_by(Article.id.desc()).limit(limit - len(found)))
+        return found
+
+    def search(self, text: str, limit: int = 20, *, as_of=None) -> list[Article]:
+        """Full-text search over title and content, best match first.
+
+        ``text`` is web-search syntax (``websearch_to_tsquery``: words,
+        ``"a phrase"``, ``or``, ``-word``) and can never be a syntax error.
+        Ranked by ``ts_rank`` (title words weigh more than content words);
+        each article has its rank as ``article.rank``. Uses the GIN index on
+        the generated ``search_vector``.
+        """
+        text, limit = _text("text", text, MAX_QUERY_TEXT), _limit(limit)
+        as_of = _maybe_when("as_of", as_of)
+        params: list[Any] = [text]
+        visible = ""
+        if as_of is not None:
+            visible, params = "AND a.ingested_at <= %s ", params + [as_of]
+        sql = (f"SELECT {_ARTICLE_COLUMNS}, ts_rank(a.search_vector, q) AS rank "
+               "FROM articles a, websearch_to_tsquery('english', %s) AS q "
+               f"WHERE a.search_vector @@ q {visible}"
+               "ORDER BY rank DESC, a.published_at DESC NULLS LAST, a.id DESC LIMIT %s")
+        with self.session("search"):
+            return list(Article.raw(sql, *params, limit))
+
+    def create_if_new(self, url: str, **data) -> tuple[Article, bool]:
+        """Insert the article unless one with ``url`` exists: ``(article, created)``.
+
+        Race-safe: ``INSERT ... ON CONFLICT (url) DO NOTHING`` then, if nothing
+        was inserted, a read of the existing row; concurrent callers with one
+        url get one row. Raises ``DataValidationError`` for bad data.
+        """
+        url = _text("url", url, 2048)
+        row = Article.validate({**data, "url": url})
+        insert = (Article.insert(row).on_conflict(action="IGNORE", conflict_target=[Article.url])
+                  .returning(*_ARTICLE_FIELDS).objects(Article))
+        with self.session("create_if_new"):
+            for _ in range(3):  # the existing row may be deleted between the two statements
+                inserted = list(insert.clone().execute())
+                if inserted:
+                    return inserted[0], True
+                existing = Article.select(*_ARTICLE_FIELDS).where(Article.url == url).first()
+                if existing is not None:
+                    return existing, False
+        raise NotFoundError(f"article url={url!r} kept vanishing while being created")
+
+
+# -- sentiment ------------------------------------------------------------------
+
+class SentimentBucket(NamedTuple):
+    """One bucket of a sentiment time series; ``bucket`` is its (aware UTC) start."""
+
+    bucket: dt.datetime
+    average: float  # mean score in the bucket
+    count: int  # scores in the bucket
+
+
+def _sentiment_filters(symbol, start, end, as_of) -> tuple[str, list]:
+    """WHERE clause (and its parameters) for the scores of ``symbol``'s articles in [start, end)."""
+    sql = ("FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
+           "WHERE a.symbols @> ARRAY[%s]::text[] AND s.timestamp >= %s AND s.timestamp < %s")
+    params: list[Any] = [symbol, start, end]
+    if as_of is not None:
+        sql, params = sql + " AND a.ingested_at <= %s", params + [as_of]
+    return sql, params
+
 
 class SentimentScoreRepository(BaseRepository[SentimentScore]):
-    """Sentiment scores of articles."""
+    """Sentiment scores of articles. A score's symbols are its article's ``symbols``."""
 
     model = SentimentScore
 
+    def for_article(self, article_id: int, *, as_of=None) -> list[SentimentScore]:
+        """The scores of one article, oldest first (none if it was ingested after ``as_of``)."""
+        article_id, as_of = _row_id("article_id", article_id), _maybe_when("as_of", as_of)
+        query = SentimentScore.select().where(SentimentScore.article == article_id)
+        if as_of is not None:
+            query = query.join(Article).where(Article.ingested_at <= as_of)
+        with self.session("for_article"):
+            return list(query.order_by(SentimentScore.timestamp, SentimentScore.id))
+
+    def average_for_symbol(self, symbol: str, start, end, *, as_of=None) -> float | None:
+        """Mean score of the articles tagged ``symbol``, scored in ``[start, end)``; ``None`` if none."""
+        symbol = _text("symbol", symbol, 256)
+        start, end = _span(start, end)
+        sql, params = _sentiment_filters(symbol, start, end, _maybe_when("as_of", as_of))
+        with self.session("average_for_symbol") as db:
+            (average,) = db.execute_sql("SELECT avg(s.score) " + sql, params).fetchone()
+        return average
+
+    def timeseries(self, symbol: str, start, end, bucket="1 hour", *, as_of=None) -> list[SentimentBucket]:
+        """Per ``bucket`` of score time in ``[start, end)``: mean score and count, oldest first."""
+        symbol = _text("symbol", symbol, 256)
+        start, end = _span(start, end)
+        width = _bucket(bucket)
+        sql, params = _sentiment_filters(symbol, start, end, _maybe_when("as_of", as_of))
+        sql = f"SELECT date_bin(%s, s.timestamp, %s), avg(s.score), count(*) {sql} GROUP BY 1 ORDER BY 1"
+        with self.session("timeseries") as db:
+            rows = db.execute_sql(sql, [width, BUCKET_ORIGIN, *params]).fetchall()
+        return [SentimentBucket(_aware(b), average, n) for b, average, n in rows]
+
+
+# -- events ---------------------------------------------------------------------
 
 class EventRepository(BaseRepository[Event]):
-    """Market events."""
+    """Market events, newest first.
+
+    No GIN index on ``events.symbols``: SPEC gives GIN indexes only to
+    ``articles.symbols`` and ``backtest_results.metrics``, and events are a
+    small table (detected from a fraction of the articles). ``for_symbol`` is
+    asked for recent events: with ``since`` it walks the ``timestamp`` index
+    and filters the few rows in range; only an unbounded call reads the whole
+    (small) table. Should events grow to article scale, a GIN index on
+    ``symbols`` would serve the same ``@>`` condition unchanged.
+    """
 
     model = Event
 
+    @staticmethod
+    def _query(as_of: dt.datetime | None, *conditions):
+        query = Event.select()
+        if as_of is not None:
+            query = query.join(Article, JOIN.LEFT_OUTER)
+            conditions += ((Article.ingested_at <= as_of) | (Event.article.is_null() & (Event.timestamp <= as_of)),)
+        return _where(query, *conditions).order_by(Event.timestamp.desc(), Event.id.desc())
+
+    def recent(self, min_severity: int = 1, since=None, limit: int = 100, *, as_of=None) -> list[Event]:
+        """The ``limit`` newest events of severity >= ``min_severity`` (since ``since``)."""
+        if isinstance(min_severity, bool) or not isinstance(min_severity, int) or not 1 <= min_severity <= 5:
+            raise DataValidationError("min_severity", min_severity, "an integer from 1 to 5")
+        limit = _limit(limit)
+        since, as_of = _maybe_when("since", since), _maybe_when("as_of", as_of)
+        query = self._query(as_of, Event.severity >= min_severity,
+                            None if since is None else Event.timestamp >= since).limit(limit)
+        with self.session("recent"):
+            return list(query)
+
+    def by_type(self, event_type: str, since=None, *, as_of=None) -> list[Event]:
+        """Events of ``event_type`` (since ``since``), newest first."""
+        event_type = _text("event_type", event_type, 64)
+        since, as_of = _maybe_when("since", since), _maybe_when("as_of", as_of)
+        query = self._query(as_of, Event.event_type == event_type,
+                            None if since is None else Event.timestamp >= since)
+        with self.session("by_type"):
+            return list(query)
+
+    def for_symbol(self, symbol: str, since=None, *, as_of=None) -> list[Event]:
+        """Events whose ``symbols`` contain ``symbol`` (since ``since``), newest first."""
+        symbol = _text("symbol", symbol, 256)
+        since, as_of = _maybe_when("since", since), _maybe_when("as_of", as_of)
+        query = self._query(as_of, _contains(Event.symbols, symbol),
+                            None if since is None else Event.timestamp >= since)
+        with self.session("for_symbol"):
+            return list(query)
+
+
+# -- trading signals ------------------------------------------------------------
 
 class TradingSignalRepository(BaseRepository[TradingSignal]):
     """Trading signals."""
 
     model = TradingSignal
 
+    def latest(self, symbol: str) -> TradingSignal | None:
+        """The newest signal for ``symbol``, or ``None``."""
+        symbol = _text("symbol", symbol, 32)
+        query = (TradingSignal.select().where(TradingSignal.symbol == symbol)
+                 .order_by(TradingSignal.timestamp.desc(), TradingSignal.id.desc()).limit(1))
+        with self.session("latest"):
+            return query.first()
+
+    def by_type(self, signal_type: str, since=None) -> list[TradingSignal]:
+        """Signals of ``signal_type`` (buy, sell, hold) since ``since``, newest first."""
+        signal_type = _choice("signal_type", signal_type, SIGNAL_TYPES)
+        since = _maybe_when("since", since)
+        query = _where(TradingSignal.select(), TradingSignal.signal_type == signal_type,
+                       None if since is None else TradingSignal.timestamp >= since)
+        with self.session("by_type"):
+            return list(query.order_by(TradingSignal.timestamp.desc(), TradingSignal.id.desc()))
+
+    def in_range(self, symbol: str, start, end) -> list[TradingSignal]:
+        """Signals for ``symbol`` with ``start <= timestamp < end``, oldest first."""
+        symbol = _text("symbol", symbol, 32)
+        start, end = _span(start, end)
+        query = (TradingSignal.select()
+                 .where(TradingSignal.symbol == symbol, TradingSignal.timestamp >= start,
+                        TradingSignal.timestamp < end)
+                 .order_by(TradingSignal.timestamp, TradingSignal.id))
+        with self.session("in_range"):
+            return list(query)
+
+
+# -- orders ---------------------------------------------------------------------
+
+OPEN_STATUSES = ("pending", "submitted", "partially_filled")
+FILL_STATUSES = ("partially_filled", "filled")
+ORDER_MOVES: dict[str, tuple[str, ...]] = {
+    "pending": ("submitted", "cancelled", "rejected"),
+    # A submitted order may fill at once; a partly filled one may fill again.
+    "submitted": ("partially_filled", "filled", "cancelled", "rejected"),
+    "partially_filled": ("partially_filled", "filled", "cancelled", "rejected"),
+    "filled": (),
+    "cancelled": (),
+    "rejected": (),
+}
+"""The order state machine: status -> the statuses it may move to."""
+
 
 class OrderRepository(BaseRepository[Order]):
-    """Orders and their audit trail."""
+    """Orders, their state machine and audit trail. ``order_id`` is the external id."""
 
     model = Order
+
+    def get_by_order_id(self, order_id: str) -> Order | None:
+        """The order with external id ``order_id``, or ``None``."""
+        order_id = _text("order_id", order_id, 64)
+        with self.session("get_by_order_id"):
+            return Order.select().where(Order.order_id == order_id).first()
+
+    def by_status(self, status: str) -> list[Order]:
+        """Orders in ``status``, oldest first."""
+        status = _choice("status", status, ORDER_STATUSES)
+        with self.session("by_status"):
+            return list(Order.select().where(Order.status == status).order_by(Order.timestamp, Order.id))
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        """Orders not yet final (pending, submitted, partially_filled), oldest first."""
+        symbol = None if symbol is None else _text("symbol", symbol, 32)
+        query = _where(Order.select(), Order.status.in_(OPEN_STATUSES),
+                       None if symbol is None else Order.symbol == symbol)
+        with self.session("open_orders"):
+            return list(query.order_by(Order.timestamp, Order.id))
+
+    def for_signal(self, signal_id: int) -> list[Order]:
+        """Orders placed for trading signal ``signal_id``, oldest first."""
+        signal_id = _row_id("signal_id", signal_id)
+        with self.session("for_signal"):
+            return list(Order.select().where(Order.signal == signal_id).order_by(Order.timestamp, Order.id))
+
+    def transition(self, order_id: str, new_status: str, filled_quantity=None,
+                   average_fill_price=None, *, note: str | None = None) -> Order:
+        """Move order ``order_id`` to ``new_status``; returns the updated order.
+
+        Under a row lock (``SELECT ... FOR UPDATE``), so concurrent moves of one
+        order apply one after the other against the latest state. Legal moves
+        are :data:`ORDER_MOVES`. Fills are cumulative, as brokers report them:
+        ``filled_quantity`` is the total filled so far and ``average_fill_price``
+        the average price of all fills, both required for ``partially_filled``
+        (``0 <= filled < total < quantity``) and the price for ``filled`` (whose
+        quantity defaults to, and must equal, the order quantity); other moves
+        take no fill. ``updated_at`` is set, and an :class:`OrderEvent` holding
+        the move and the fill state after it is appended in the same
+        transaction. Raises ``NotFoundError`` for an unknown order and
+        ``DataValidationError`` (naming the from/to states or the fill) for an
+        illegal move; a refused move changes nothing.
+        """
+        order_id = _text("order_id", order_id, 64)
+        new_status = _choice("new_status", new_status, ORDER_STATUSES)
+        given = {"filled_quantity": filled_quantity, "average_fill_price": average_fill_price}
+        if new_status not in FILL_STATUSES:
+            for name, value in given.items():
+                if value is not None:
+                    raise DataValidationError(name, value, f"no fill on a move to {new_status}")
+        fill = {name: None for name in given}
+        fill.update(Order.validate({k: v for k, v in given.items() if v is not None}, partial=True))
+        if new_status in FILL_STATUSES:
+            if fill["average_fill_price"] is None:
+                raise DataValidationError("average_fill_price", None,
+                                          f"the average fill price for a move to {new_status}")
+            if new_status == "partially_filled" and fill["filled_quantity"] is None:
+                raise DataValidationError("filled_quantity", None,
+                                          "the total filled so far for a move to partially_filled")
+        if note is not None:
+            note = OrderEvent.validate({"note": note}, partial=True)["note"]
+
+        with self.session("transition"):
+            order = Order.select().where(Order.order_id == order_id).for_update().first()
+            if order is None:
+                raise NotFoundError(f"order order_id={order_id!r} not found")
+            current = order.status
+            if new_status not in ORDER_MOVES[current]:
+                allowed = ", ".join(ORDER_MOVES[current]) or f"none: {current} is final"
+                raise DataValidationError("new_status", new_status,
+                                          f"a legal move from {current} (allowed: {allowed}); "
+                                          f"{current} -> {new_status} is not")
+            changes: dict[Any, Any] = {Order.status: new_status, Order.updated_at: fn.clock_timestamp()}
+            if new_status in FILL_STATUSES:
+                total = fill["filled_quantity"] if fill["filled_quantity"] is not None else order.quantity
+                if new_status == "filled" and total != order.quantity:
+                    raise DataValidationError("filled_quantity", total,
+                                              f"the order quantity ({order.quantity}) for a move to filled")
+                if new_status == "partially_filled" and not order.filled_quantity < total < order.quantity:
+                    raise DataValidationError(
+                        "filled_quantity", total,
+                        f"more than already filled ({order.filled_quantity}) and less than the order "
+                        f"quantity ({order.quantity}) for {current} -> partially_filled")
+                changes[Order.filled_quantity] = total
+                changes[Order.average_fill_price] = fill["average_fill_price"]
+            # clock_timestamp(), not now(): taken after the lock was granted, so
+            # the audit trail's timestamps follow the order in which moves applied.
+            updated = self._returning(Order.update(changes).where(Order.id == order.id)).execute()[0]
+            OrderEvent.insert(order=order.id, from_status=current, to_status=new_status,
+                              filled_quantity=updated.filled_quantity, fill_price=updated.average_fill_price,
+                              timestamp=updated.updated_at, note=note).execute()
+            return updated
+
+    def history(self, order_id: str) -> list[OrderEvent]:
+        """The audit trail of order ``order_id``, oldest move first (``[]`` for an unknown order)."""
+        order_id = _text("order_id", order_id, 64)
+        query = (OrderEvent.select().join(Order).where(Order.order_id == order_id)
+                 .order_by(OrderEvent.timestamp, OrderEvent.id))
+        with self.session("history"):
+            return list(query)
+
+
+# -- backtests ------------------------------------------------------------------
+
+_BACKTEST_COLUMNS = ", ".join(f'"{f.column_name}"' for f in BacktestResult._meta.sorted_fields)
+_HAS_NUMBER = "(metrics ? %s AND jsonb_typeof(metrics -> %s) = 'number')"
 
 
 class BacktestResultRepository(BaseRepository[BacktestResult]):
     """Stored backtest results."""
 
     model = BacktestResult
+
+    def best_by_metric(self, metric: str, limit: int = 10, descending: bool = True) -> list[BacktestResult]:
+        """The ``limit`` best results by the numeric value of ``metrics[metric]``.
+
+        Ordered numerically (10 > 9 > 1.5), highest first unless
+        ``descending=False``; ties newest first. Results whose metric is
+        missing or not a number come after all others, newest first. The
+        metric name is a bound parameter. The key test (``metrics ? name``) is
+        served by the GIN index on ``metrics`` when few results have the metric;
+        when most do, every row must be read to rank them (no index can order by
+        a key chosen at query time).
+        """
+        metric, limit = _text("metric", metric, MAX_QUERY_TEXT), _limit(limit)
+        if not isinstance(descending, bool):
+            raise DataValidationError("descending", descending, "True or False")
+        direction = "DESC" if descending else "ASC"
+        ranked = (f"SELECT {_BACKTEST_COLUMNS} FROM backtest_results WHERE {_HAS_NUMBER} "
+                  f"ORDER BY (metrics ->> %s)::numeric {direction}, created_at DESC, id DESC LIMIT %s")
+        # Two statements, each index-friendly: a UNION ALL would need an outer
+        # ORDER BY to keep its order, and that would run both halves in full.
+        rest = (f"SELECT {_BACKTEST_COLUMNS} FROM backtest_results WHERE NOT {_HAS_NUMBER} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s")
+        with self.session("best_by_metric"):
+            found = list(BacktestResult.raw(ranked, metric, metric, metric, limit))
+            if len(found) < limit:
+                found += list(BacktestResult.raw(rest, metric, metric, limit - len(found)))
+        return found
+
+    def recent(self, limit: int = 10) -> list[BacktestResult]:
+        """The ``limit`` most recently created results, newest first."""
+        limit = _limit(limit)
+        query = BacktestResult.select().order_by(BacktestResult.created_at.desc(), BacktestResult.id.desc())
+        with self.session("recent"):
+            return list(query.limit(limit))
+
+    def find_by_config(self, config) -> list[BacktestResult]:
+        """Results run with ``config`` (equal as JSON: key order and whitespace ignored), newest first."""
+        try:
+            digest = config_hash(config)
+        except (TypeError, ValueError) as exc:
+            raise DataValidationError("config", config, f"a JSON-serialisable document ({exc})") from None
+        query = (BacktestResult.select().where(BacktestResult.config_hash == digest)
+                 .order_by(BacktestResult.created_at.desc(), BacktestResult.id.desc()))
+        with self.session("find_by_config"):
+            return list(query)

@@ -146,7 +146,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
                 SQL("CONSTRAINT orders_status_check CHECK (status IN ('pending', 'submitted', 'partially_filled', "
                     "'filled', 'cancelled', 'rejected'))"),
                 SQL("CONSTRAINT orders_quantity_check CHECK (quantity > 0)"),
-                SQL("CONSTRAINT orders_price_check CHECK (price > 0 OR (price IS NULL AND order_type = 'market'))"),
+                SQL("CONSTRAINT orders_price_check CHECK "
+                    "(CASE WHEN price IS NULL THEN order_type = 'market' ELSE price > 0 END)"),
                 SQL("CONSTRAINT orders_fill_check CHECK (filled_quantity >= 0 AND filled_quantity <= quantity)"),
                 SQL("CONSTRAINT orders_fill_price_check CHECK (average_fill_price IS NULL OR average_fill_price > 0)"),
             ]

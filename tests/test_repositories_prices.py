@@ -1,0 +1,406 @@
+"""PriceRepository against plain-Python oracles, on a real PostgreSQL.
+
+Data is random but seeded (or drawn by hypothesis); every write is checked
+through the raw connection, never through the code under test.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+import random
+import os
+import threading
+import time
+from decimal import Decimal
+
+import psycopg2
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import marketstore
+from marketstore import DataValidationError, IntegrityViolation, PriceRepository
+from marketstore.repositories import BUCKET_ORIGIN, PriceBar
+
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
+MINUTE = dt.timedelta(minutes=1)
+
+
+def count_rows(raw, table: str) -> int:
+    # Not imported from conftest: `from conftest import` is ambiguous with tests/reliability/conftest.py.
+    with raw.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def bar(symbol: str, minute: int, low_cents: int = 10_000, span: int = 200, o: int = 50, c: int = 150,
+        volume: int = 1_000, interval: str = "1m") -> dict:
+    low = Decimal(low_cents) / 100
+    return {"symbol": symbol, "timestamp": T0 + minute * MINUTE, "interval": interval,
+            "low": low, "high": low + Decimal(span) / 100,
+            "open": low + Decimal(min(o, span)) / 100, "close": low + Decimal(min(c, span)) / 100,
+            "volume": Decimal(volume)}
+
+
+def random_bars(rng: random.Random, symbol: str, count: int, interval: str = "1m", horizon: int = 5_000):
+    minutes = rng.sample(range(horizon), count)
+    rows = []
+    for m in minutes:
+        span = rng.randint(0, 500)
+        rows.append(bar(symbol, m, rng.randint(100, 100_000), span, rng.randint(0, span), rng.randint(0, span),
+                        rng.randint(0, 10**6), interval))
+    return rows
+
+
+def stored(raw, symbol=None) -> list[tuple]:
+    """(symbol, interval, timestamp, open, high, low, close, volume) read back raw, ordered."""
+    with raw.cursor() as cur:
+        cur.execute('SELECT symbol, "interval", "timestamp", open, high, low, close, volume FROM prices '
+                    "WHERE %s IS NULL OR symbol = %s ORDER BY 1, 2, 3", (symbol, symbol))
+        return cur.fetchall()
+
+
+def as_tuple(row: dict) -> tuple:
+    return (row["symbol"], row["interval"], row["timestamp"], row["open"], row["high"], row["low"],
+            row["close"], row["volume"])
+
+
+@pytest.fixture
+def prices(db):
+    return PriceRepository()
+
+
+# -- reads against an oracle ------------------------------------------------------
+
+def test_get_range_matches_oracle(prices, raw):
+    rng = random.Random(1)
+    rows = [r for symbol in ("AAA", "BBB", "CCC") for interval in ("1m", "5m")
+            for r in random_bars(rng, symbol, 150, interval, horizon=2_000)]
+    prices.upsert_many(rows)
+    for _ in range(25):
+        symbol, interval = rng.choice(["AAA", "BBB", "CCC"]), rng.choice(["1m", "5m"])
+        a, b = sorted(rng.sample(range(-50, 2_050), 2))
+        start, end = T0 + a * MINUTE, T0 + b * MINUTE
+        expected = sorted((r["timestamp"], r["close"]) for r in rows
+                          if r["symbol"] == symbol and r["interval"] == interval and start <= r["timestamp"] < end)
+        got = prices.get_range(symbol, start, end, interval=interval)
+        assert [(p.timestamp, p.close) for p in got] == expected
+        assert all(p.symbol == symbol and p.interval == interval for p in got)
+    # the end is exclusive, the start inclusive
+    first = min(r["timestamp"] for r in rows if r["symbol"] == "AAA" and r["interval"] == "1m")
+    assert prices.get_range("AAA", first, first) == []
+    assert [p.timestamp for p in prices.get_range("AAA", first, first + dt.timedelta(seconds=1))] == [first]
+
+
+def test_naive_datetimes_are_utc_and_reads_are_aware(prices):
+    prices.upsert_many([bar("AAA", 0)])
+    got = prices.get_range("AAA", T0.replace(tzinfo=None), (T0 + MINUTE).replace(tzinfo=None))
+    assert [p.timestamp for p in got] == [T0]
+    assert got[0].timestamp.tzinfo is not None and got[0].timestamp.utcoffset() == dt.timedelta(0)
+    assert isinstance(got[0].close, Decimal)
+
+
+def test_latest_and_latest_for_symbols_match_oracle(prices):
+    rng = random.Random(2)
+    symbols = [f"S{i}" for i in range(12)]
+    rows = [r for s in symbols[:10] for interval in ("1m", "1d")
+            for r in random_bars(rng, s, rng.randint(1, 40), interval, horizon=10_000)]
+    prices.upsert_many(rows)
+    for interval in ("1m", "1d"):
+        expected = {}
+        for r in rows:
+            if r["interval"] == interval and (r["symbol"] not in expected
+                                              or r["timestamp"] > expected[r["symbol"]]["timestamp"]):
+                expected[r["symbol"]] = r
+        got = prices.latest_for_symbols(symbols + ["S3", "S3"], interval=interval)  # duplicates, unknowns
+        assert set(got) == set(expected)
+        for symbol, price in got.items():
+            assert (price.symbol, price.timestamp, price.close) == (
+                symbol, expected[symbol]["timestamp"], expected[symbol]["close"])
+            assert price.interval == interval
+        for symbol in symbols:
+            latest = prices.latest(symbol, interval=interval)
+            if symbol in expected:
+                assert (latest.timestamp, latest.close) == (expected[symbol]["timestamp"], expected[symbol]["close"])
+            else:
+                assert latest is None
+    assert prices.latest_for_symbols([]) == {}
+
+
+def _oracle_bars(rows, start, end, width) -> list[tuple]:
+    buckets: dict[dt.datetime, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["timestamp"]):
+        if start <= r["timestamp"] < end:
+            key = BUCKET_ORIGIN + ((r["timestamp"] - BUCKET_ORIGIN) // width) * width
+            buckets.setdefault(key, []).append(r)
+    return [(key, group[0]["open"], max(r["high"] for r in group), min(r["low"] for r in group),
+             group[-1]["close"], sum(r["volume"] for r in group), len(group))
+            for key, group in sorted(buckets.items())]
+
+
+_symbols = (f"H{i}" for i in itertools.count())
+BUCKETS = {"1 minute": MINUTE, "5m": 5 * MINUTE, "15 minutes": 15 * MINUTE, "1 hour": 60 * MINUTE,
+           "1d": dt.timedelta(days=1), "1 week": dt.timedelta(weeks=1)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    bars=st.lists(st.tuples(st.integers(0, 20_000), st.integers(100, 10**6), st.integers(0, 10**4),
+                            st.integers(0, 10**4), st.integers(0, 10**4), st.integers(0, 10**7)),
+                  min_size=1, max_size=60, unique_by=lambda b: b[0]),
+    window=st.tuples(st.integers(-100, 20_100), st.integers(-100, 20_100)),
+    bucket=st.sampled_from([*BUCKETS, dt.timedelta(minutes=7), dt.timedelta(hours=5)]),
+)
+def test_resample_matches_oracle(prices, bars, window, bucket):
+    symbol = next(_symbols)
+    rows = [bar(symbol, m, low, span, o, c, v) for m, low, span, o, c, v in bars]
+    prices.upsert_many(rows)
+    start, end = T0 + min(window) * MINUTE, T0 + max(window) * MINUTE
+    width = BUCKETS.get(bucket, bucket)
+    got = prices.resample(symbol, start, end, bucket=bucket)
+    assert all(isinstance(b, PriceBar) for b in got)
+    assert [tuple(b) for b in got] == _oracle_bars(rows, start, end, width)
+
+
+def test_resample_ignores_other_symbols_and_intervals(prices):
+    prices.upsert_many([bar("AAA", 0, 10_000), bar("AAA", 1, 20_000), bar("AAA", 0, 50_000, interval="1h"),
+                        bar("BBB", 0, 90_000)])
+    (only,) = prices.resample("AAA", T0, T0 + dt.timedelta(hours=1))
+    assert only.bucket == T0 and only.count == 2
+    assert only.open == Decimal("100.50") and only.close == Decimal("201.50")
+    assert only.low == Decimal("100") and only.high == Decimal("202")
+
+
+def test_symbols_and_delete_before(prices, raw):
+    rng = random.Random(3)
+    rows = [r for s in ("ZED", "ABC", "MID", "AB") for r in random_bars(rng, s, 50, horizon=1_000)]
+    prices.upsert_many(rows)
+    assert prices.symbols() == ["AB", "ABC", "MID", "ZED"]
+    cutoff = T0 + 500 * MINUTE
+    deleted = prices.delete_before(cutoff)
+    assert deleted == sum(r["timestamp"] < cutoff for r in rows)
+    assert stored(raw) == sorted(as_tuple(r) for r in rows if r["timestamp"] >= cutoff)
+    assert prices.delete_before(cutoff) == 0
+
+
+# -- upsert_many --------------------------------------------------------------------
+
+def test_upsert_many_inserts_then_updates(prices, raw):
+    rows = [bar("AAA", m) for m in range(5)]
+    assert prices.upsert_many(rows) == 5
+    changed = [dict(r, close=r["high"], volume=Decimal(7)) for r in rows[:3]] + [bar("AAA", 5)]
+    assert prices.upsert_many(changed) == 4
+    expected = sorted(as_tuple(r) for r in changed + rows[3:])
+    assert stored(raw) == expected
+    assert count_rows(raw, "prices") == 6
+
+
+def test_upsert_many_repeated_key_last_wins(prices, raw):
+    rows = [bar("AAA", 0, volume=1), bar("AAA", 1), bar("AAA", 0, volume=3)]
+    assert prices.upsert_many(rows, batch_size=10) == 3
+    assert [r[-1] for r in stored(raw)] == [Decimal(3), Decimal(1000)]
+
+
+def test_upsert_many_is_all_or_nothing_across_batches(prices, raw):
+    rows = [bar("AAA", m) for m in range(2_500)]
+    rows[2_100] = dict(rows[2_100], high=rows[2_100]["low"] - 1)  # the third batch
+    with pytest.raises(DataValidationError) as info:
+        prices.upsert_many(rows, batch_size=1_000)
+    assert "row 2101" in str(info.value) and "high" in str(info.value)
+    assert count_rows(raw, "prices") == 0
+
+
+@pytest.mark.parametrize("row, field", [
+    ({"symbol": "AAA", "timestamp": T0, "open": 1, "high": 2, "low": 1, "close": 2}, "volume"),
+    (dict(bar("AAA", 0), id=5), "id"),
+    (dict(bar("AAA", 0), close=Decimal("-1")), "close"),
+    (dict(bar("AAA", 0), symbol="bad symbol!"), "symbol"),
+    (dict(bar("AAA", 0), timestamp="tomorrow"), "timestamp"),
+])
+def test_upsert_many_refuses_bad_rows(prices, raw, row, field):
+    with pytest.raises(DataValidationError) as info:
+        prices.upsert_many([bar("AAA", 10), row])
+    assert info.value.field.startswith("row 2") and field in info.value.field
+    assert count_rows(raw, "prices") == 0
+
+
+# -- copy_from ------------------------------------------------------------------------
+
+def write_csv(path, rows, columns=("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([r[c].isoformat() if c == "timestamp" else r[c] for c in columns])
+
+
+def test_copy_from_rows_dicts_and_sequences(prices, raw):
+    rows = [bar("AAA", m) for m in range(10)]
+    sequences = [tuple(r[c] for c in ("symbol", "timestamp", "open", "high", "low", "close", "volume"))
+                 for r in (bar("BBB", m) for m in range(3))]
+    assert prices.copy_from(iter(rows + sequences)) == 13
+    expected = sorted([as_tuple(r) for r in rows] + [as_tuple(bar("BBB", m)) for m in range(3)])
+    assert stored(raw) == expected
+
+
+def test_copy_from_csv_path_any_column_order(prices, raw, tmp_path):
+    rows = random_bars(random.Random(4), "CSV", 500)
+    path = tmp_path / "prices.csv"
+    write_csv(path, rows, ("timestamp", "close", "symbol", "volume", "low", "high", "open"))  # no interval
+    assert prices.copy_from(str(path)) == 500
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    assert prices.copy_from(empty) == 0
+    assert stored(raw) == sorted(as_tuple(r) for r in rows)
+
+
+def test_copy_from_bad_csv_line_aborts_whole_load(prices, raw, tmp_path):
+    rows = [bar("AAA", m) for m in range(3_000)]  # well past the first COPY chunks
+    rows[2_500] = dict(rows[2_500], low=rows[2_500]["high"] + 1)
+    path = tmp_path / "bad.csv"
+    write_csv(path, rows)
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(str(path))
+    message = str(info.value)
+    assert str(path) in message and "line 2502" in message and "low" in message  # header is line 1
+    assert count_rows(raw, "prices") == 0
+
+
+@pytest.mark.parametrize("content, where", [
+    ("symbol,timestamp,open,high,low,close\n", "line 1: header"),
+    ("symbol,timestamp,open,high,low,close,volume,colour\n", "line 1: header"),
+    ("symbol,timestamp,open,high,low,close,volume\nAAA,2024-01-02T00:00:00Z,1,2,1,2,3\nAAA,2024-01-02\n",
+     "line 3"),
+    ("symbol,timestamp,open,high,low,close,volume\n\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 3: volume"),
+])
+def test_copy_from_reports_file_and_line(prices, raw, tmp_path, content, where):
+    path = tmp_path / "in.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(path)
+    assert f"{path}, {where}" in str(info.value)
+    assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_bad_row_in_iterable_names_row(prices, raw):
+    rows = [bar("AAA", m) for m in range(100)] + [{"symbol": "AAA"}]
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(rows)
+    assert info.value.field.startswith("row 101: ")
+    assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_existing_bar_is_integrity_violation_and_loads_nothing(prices, raw):
+    prices.upsert_many([bar("AAA", 5)])
+    with pytest.raises(IntegrityViolation):
+        prices.copy_from([bar("AAA", m) for m in range(10)])
+    assert count_rows(raw, "prices") == 1
+
+
+def wait_for_copy_progress(url: str, timeout: float = 3.0) -> int | None:
+    """Rows the server's running COPY into prices has processed, once it is > 0; None on timeout."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with conn.cursor() as cur:
+                cur.execute("SELECT tuples_processed FROM pg_stat_progress_copy "
+                            "WHERE datname = current_database() AND relid = 'prices'::regclass")
+                found = cur.fetchone()
+            if found and found[0] > 0:
+                return found[0]
+            time.sleep(0.02)
+        return None
+    finally:
+        conn.close()
+
+
+def test_copy_from_streams_rows_to_the_server_while_reading(prices, raw):
+    """The server has processed rows before the iterable is exhausted: nothing is buffered whole."""
+    seen = []
+
+    def rows():
+        for m in range(6_000):
+            if m == 5_000:
+                seen.append(wait_for_copy_progress(raw.dsn))
+            yield bar("AAA", m)
+
+    assert prices.copy_from(rows()) == 6_000
+    assert seen and seen[0] is not None and 0 < seen[0] <= 5_000
+    assert count_rows(raw, "prices") == 6_000
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_copy_from_csv_path_is_streamed(prices, raw, tmp_path):
+    """A file is read as the server consumes it, not first read whole: fed through a FIFO,
+    the server has processed rows before the writer has written the rest."""
+    path = tmp_path / "prices.fifo"
+    os.mkfifo(path)
+    seen = []
+
+    def writer():
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            handle.write("symbol,timestamp,open,high,low,close,volume\n")
+            for m in range(6_000):
+                if m == 5_000:
+                    handle.flush()
+                    seen.append(wait_for_copy_progress(raw_url))
+                r = bar("AAA", m)
+                handle.write(f"AAA,{r['timestamp'].isoformat()},{r['open']},{r['high']},{r['low']},"
+                             f"{r['close']},{r['volume']}\n")
+
+    raw_url = raw.dsn
+    thread = threading.Thread(target=writer, daemon=True)  # never blocks the run if copy_from fails early
+    thread.start()
+    try:
+        assert prices.copy_from(path) == 6_000
+    finally:
+        thread.join(10)
+    assert seen and seen[0] is not None and 0 < seen[0] <= 5_000
+    assert count_rows(raw, "prices") == 6_000
+
+
+def test_writes_compose_in_one_session(prices, raw):
+    with pytest.raises(RuntimeError):
+        with marketstore.get_db_session():
+            prices.copy_from([bar("AAA", 0)])
+            prices.upsert_many([bar("AAA", 1)])
+            raise RuntimeError("caller fails after both writes")
+    assert count_rows(raw, "prices") == 0
+    with marketstore.get_db_session():
+        prices.copy_from([bar("AAA", 0)])
+        prices.upsert_many([bar("AAA", 0, volume=9), bar("AAA", 1)])
+    assert [r[-1] for r in stored(raw)] == [Decimal(9), Decimal(1000)]
+
+
+# -- parameter validation ---------------------------------------------------------------
+
+LATER = T0 + dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize("method, args, kwargs, field", [
+    ("get_range", ("AAA", LATER, T0), {}, "end"),
+    ("get_range", ("", T0, LATER), {}, "symbol"),
+    ("get_range", (None, T0, LATER), {}, "symbol"),
+    ("get_range", ("AAA", "yesterday", LATER), {}, "start"),
+    ("get_range", ("AAA", T0, LATER), {"interval": "1x"}, "interval"),
+    ("latest", ("A" * 33,), {}, "symbol"),
+    ("latest_for_symbols", ("AAA",), {}, "symbols"),
+    ("latest_for_symbols", (["AAA", 7],), {}, "symbols[1]"),
+    ("resample", ("AAA", T0, LATER), {"bucket": "1 month"}, "bucket"),
+    ("resample", ("AAA", T0, LATER), {"bucket": dt.timedelta(0)}, "bucket"),
+    ("resample", ("AAA", T0, LATER), {"bucket": "0 hours"}, "bucket"),
+    ("upsert_many", ({"symbol": "AAA"},), {}, "rows"),
+    ("upsert_many", ([bar("AAA", 0)],), {"batch_size": 0}, "batch_size"),
+    ("copy_from", (42,), {}, "rows_or_csv_path"),
+    ("delete_before", ("soon",), {}, "ts"),
+])
+def test_bad_parameters_are_refused(prices, method, args, kwargs, field):
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(*args, **kwargs)
+    assert info.value.field == field
