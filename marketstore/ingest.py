@@ -1,0 +1,210 @@
+"""Bulk loading from files: price bars from CSV, articles from JSON Lines.
+
+Every row is validated as it is read (the models' own rules), and a bad one
+stops the load with a :class:`FileFormatError` naming the file, the line and
+the field. The whole file is loaded in one transaction, so a file that fails
+on its last line leaves nothing behind.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+from decimal import Decimal
+from itertools import islice
+from typing import Callable, Iterable, Iterator
+
+from .connection import get_db_session
+from .errors import DataValidationError, MarketstoreError
+from .models import Article, Price
+from .repositories import ArticleRepository, PriceRepository
+
+PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
+PRICE_HEADER = ",".join(PRICE_COLUMNS) + "[,interval]"
+ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
+# Set by the database: a client must not choose when we learnt of an article (point in time).
+ARTICLE_READ_ONLY = {"id": "assigned by the database", "ingested_at": "set by the database on insert"}
+CHUNK_ROWS = 5000
+
+Progress = Callable[[int], None]
+
+
+class FileFormatError(MarketstoreError, ValueError):
+    """A row of an input file is malformed; the message names file, line and field."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = path, line, field, problem
+        where = ", ".join(filter(None, [f"line {line}" if line else None,
+                                        f"field '{field}'" if field else None]))
+        super().__init__(f"{path}: {where + ': ' if where else ''}{problem}")
+
+
+def _bad_value(path: str, line: int, exc: DataValidationError) -> FileFormatError:
+    field = exc.field.split("[")[0]  # "symbols[2]" -> "symbols"
+    if exc.value is None:
+        return FileFormatError(path, line, field, f"missing, expected {exc.expected}")
+    value = exc.value
+    if isinstance(value, (Decimal, dt.datetime)):  # already parsed: show it as the file wrote it
+        value = format(value, "f") if isinstance(value, Decimal) else value.isoformat()
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:57] + "..."
+    return FileFormatError(path, line, field, f"got {value!r}, expected {exc.expected}")
+
+
+def _decoded_lines(stream, path: str, progress: Progress | None) -> Iterator[str]:
+    for number, raw in enumerate(stream, 1):
+        if progress is not None:
+            progress(len(raw))
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(path, number, None, f"not UTF-8 text (byte {exc.start + 1} of the line)") from None
+
+
+def _open(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise FileFormatError(path, None, None, f"cannot read the file ({exc.strerror})") from None
+
+
+def file_size(path: str) -> int | None:
+    """Size in bytes for a progress bar, or ``None`` when unknown."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def read_prices(path: str, interval: str = "1m", progress: Progress | None = None) -> Iterator[dict]:
+    """Yield the validated price rows of CSV file ``path``.
+
+    Header ``symbol,timestamp,open,high,low,close,volume[,interval]`` (any order);
+    rows without an interval column get ``interval``. Timestamps are ISO-8601,
+    naive ones UTC. Raises :class:`FileFormatError` at the first bad line,
+    including a bar that repeats an earlier (symbol, interval, timestamp).
+    """
+    seen: dict[tuple, int] = {}
+    with _open(path) as stream:
+        reader = csv.reader(_decoded_lines(stream, path, progress))
+        try:
+            header = [name.strip().lower() for name in next(reader)]
+        except StopIteration:
+            raise FileFormatError(path, None, None, f"empty file: expected the header {PRICE_HEADER}") from None
+        except csv.Error as exc:
+            raise FileFormatError(path, reader.line_num, None, f"not CSV ({exc})") from None
+        _check_header(path, header)
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise FileFormatError(path, reader.line_num, None, f"not CSV ({exc})") from None
+            line = reader.line_num
+            if not any(cell.strip() for cell in record):
+                continue  # blank line
+            if len(record) < len(header):
+                raise FileFormatError(path, line, header[len(record)], f"missing (the line has {len(record)} "
+                                      f"fields, the header {len(header)})")
+            if len(record) > len(header):
+                raise FileFormatError(path, line, None, f"{len(record)} fields, the header has {len(header)}")
+            data = {name: cell.strip() for name, cell in zip(header, record)}
+            for name, value in data.items():
+                if value == "" and name != "interval":
+                    raise FileFormatError(path, line, name, "missing value")
+            if not data.get("interval"):
+                data["interval"] = interval
+            try:
+                row = Price.validate(data)
+            except DataValidationError as exc:
+                raise _bad_value(path, line, exc) from None
+            key = (row["symbol"], row["interval"], row["timestamp"])
+            if key in seen:
+                raise FileFormatError(path, line, "timestamp", f"{row['symbol']} {row['interval']} bar at "
+                                      f"{row['timestamp'].isoformat()} repeats line {seen[key]}")
+            seen[key] = line
+            yield row
+
+
+def _check_header(path: str, header: list[str]) -> None:
+    allowed = set(PRICE_COLUMNS) | {"interval"}
+    for position, name in enumerate(header):
+        if name not in allowed:
+            raise FileFormatError(path, 1, name or f"#{position + 1}",
+                                  f"unknown column (expected the header {PRICE_HEADER})")
+        if header.index(name) != position:
+            raise FileFormatError(path, 1, name, "column appears twice")
+    missing = [name for name in PRICE_COLUMNS if name not in header]
+    if missing:
+        raise FileFormatError(path, 1, missing[0], f"missing column (expected the header {PRICE_HEADER})")
+
+
+def read_articles(path: str, progress: Progress | None = None) -> Iterator[dict]:
+    """Yield the validated article rows of JSON Lines file ``path``.
+
+    One object per line with ``title`` (required) and any of ``content``,
+    ``source``, ``url``, ``published_at`` (ISO-8601), ``symbols`` (a list of
+    strings), ``metadata`` (an object). Blank lines are skipped. Raises
+    :class:`FileFormatError` at the first bad line.
+    """
+    with _open(path) as stream:
+        for line, text in enumerate(_decoded_lines(stream, path, progress), 1):
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise FileFormatError(path, line, None, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(data, dict):
+                raise FileFormatError(path, line, None, f"expected a JSON object, got {type(data).__name__}")
+            for name, why in ARTICLE_READ_ONLY.items():
+                if name in data:
+                    raise FileFormatError(path, line, name, f"cannot be loaded: it is {why}")
+            for name in data:
+                if name not in ARTICLE_FIELDS:
+                    raise FileFormatError(path, line, name, f"unknown field (expected {', '.join(ARTICLE_FIELDS)})")
+            try:
+                yield Article.validate(data)
+            except DataValidationError as exc:
+                raise _bad_value(path, line, exc) from None
+
+
+def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def load_prices(rows: Iterable[dict], upsert: bool = False) -> int:
+    """Store ``rows`` in one transaction: ``PriceRepository.copy_from`` (COPY), or
+    ``upsert_many`` with ``upsert``. Returns the number of rows written.
+
+    ``rows`` may be a lazy reader: an error it raises part-way rolls everything back.
+    """
+    repo = PriceRepository()
+    written = 0
+    with get_db_session("ingest prices", "Price"):
+        for chunk in _chunks(rows, CHUNK_ROWS):
+            written += repo.upsert_many(chunk) if upsert else repo.copy_from(chunk)
+    return written
+
+
+def load_articles(rows: Iterable[dict]) -> tuple[int, int]:
+    """Store ``rows`` in one transaction; an article whose ``url`` is already stored
+    is skipped. Returns ``(created, skipped)``."""
+    repo = ArticleRepository()
+    created = skipped = 0
+    with get_db_session("ingest articles", "Article"):
+        for row in rows:
+            if row.get("url") is None:
+                repo.create(**row)
+                created += 1
+                continue
+            data = dict(row)
+            _, new = repo.create_if_new(url=data.pop("url"), **data)
+            created += new
+            skipped += not new
+    return created, skipped
