@@ -15,6 +15,7 @@ from peewee_migrate import Router
 from playhouse.postgres_ext import ArrayField
 
 from .connection import DatabaseConnection, db_connection
+from .errors import DRIVER_ERRORS
 from .models import MODELS
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ class DatabaseMigration:
     def _verify_table(self, db, model) -> list[str]:
         table = model._meta.table_name
         cursor = db.execute_sql(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+            "a.attgenerated <> '', pg_get_expr(d.adbin, d.adrelid) "
             "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             "WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace "
             "AND a.attnum > 0 AND NOT a.attisdropped", (table,))
-        live = {name: (kind, notnull) for name, kind, notnull in cursor.fetchall()}
+        live = {row[0]: row[1:] for row in cursor.fetchall()}
         if not live:
             return [f"{table}: table missing"]
         problems = []
@@ -119,12 +122,14 @@ class DatabaseMigration:
             if column not in live:
                 problems.append(f"{table}.{column}: column missing")
                 continue
-            kind, notnull = live.pop(column)
+            kind, notnull, generated, default = live.pop(column)
             if kind != expected:
                 problems.append(f"{table}.{column}: type is {kind}, expected {expected}")
             if notnull != (not field.null):
                 problems.append(f"{table}.{column}: {'NOT NULL' if notnull else 'nullable'}, "
                                 f"expected {'nullable' if field.null else 'NOT NULL'}")
+            if not generated and not field.primary_key and kind == expected:
+                problems += _verify_default(db, f"{table}.{column}", kind, _declared_default(field), default)
         problems += [f"{table}.{column}: unexpected column" for column in live]
 
         cursor = db.execute_sql(
@@ -150,10 +155,12 @@ class DatabaseMigration:
             "SELECT conname, contype, confdeltype, confrelid::regclass::text FROM pg_constraint "
             "WHERE conrelid = %s::regclass AND contype IN ('c', 'f')", (table,))
         constraints = {name: (kind, action, ref) for name, kind, action, ref in cursor.fetchall()}
-        for clause in model._meta.constraints or ():
-            match = re.match(r"CONSTRAINT (\w+) CHECK", clause.sql)
-            if match and constraints.pop(match.group(1), None) is None:
-                problems.append(f"{table}: check constraint {match.group(1)} missing")
+        checks = dict(re.findall(r"CONSTRAINT (\w+) CHECK \((.*)\)$", "\n".join(
+            clause.sql for clause in model._meta.constraints or ()), re.M))
+        for name in checks:
+            if constraints.pop(name, None) is None:
+                problems.append(f"{table}: check constraint {name} missing")
+        problems += _verify_check_definitions(db, table, checks)
         actions = {"CASCADE": "c", "SET NULL": "n", "RESTRICT": "r", None: "a"}
         for field in model._meta.refs:
             name = f"{table}_{field.column_name}_fkey"
@@ -165,6 +172,58 @@ class DatabaseMigration:
                 problems.append(f"{table}: foreign key {name} is {found}, expected {expected}")
         problems += [f"{table}: unexpected constraint {name}" for name in constraints]
         return problems
+
+
+def _declared_default(field) -> str | None:
+    """The ``DEFAULT ...`` expression a model declares for ``field`` (see models._default)."""
+    for clause in field.constraints or ():
+        text = getattr(clause, "sql", "")
+        if text.startswith("DEFAULT "):
+            return text[len("DEFAULT "):]
+    return None
+
+
+def _verify_default(db, column: str, kind: str, expected: str | None, live: str | None) -> list[str]:
+    if expected is None or live is None:
+        if expected == live:
+            return []
+        return [f"{column}: default is {live or 'none'}, expected {expected or 'none'}"]
+    # PostgreSQL prints defaults its own way ('{}'::text[], now()): compare values,
+    # not text. Both expressions come from our models and the catalog, never from users;
+    # now() is the same within one statement.
+    same = db.execute_sql(f"SELECT ({expected})::{kind} IS NOT DISTINCT FROM ({live})::{kind}").fetchone()[0]
+    return [] if same else [f"{column}: default is {live}, expected {expected}"]
+
+
+def _verify_check_definitions(db, table: str, checks: dict[str, str]) -> list[str]:
+    """Compare CHECK definitions as PostgreSQL prints them.
+
+    The model's expressions are added to a temporary copy of the table inside a
+    savepoint that is rolled back, so PostgreSQL normalises both sides alike.
+    Needs the TEMP privilege; without it (or on a read replica) it is skipped.
+    """
+    if not checks:
+        return []
+    scratch = f"_verify_{table}"
+    live_sql = ("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass AND contype = 'c'")
+    try:
+        with db.atomic() as savepoint:
+            db.execute_sql(f'CREATE TEMP TABLE "{scratch}" (LIKE "{table}")')
+            for name, expression in checks.items():
+                db.execute_sql(f'ALTER TABLE "{scratch}" ADD CONSTRAINT "{name}" CHECK ({expression}) NOT VALID')
+            expected = dict(db.execute_sql(live_sql, (scratch,)).fetchall())
+            savepoint.rollback()
+    except DRIVER_ERRORS as exc:
+        logger.warning("verify_schema: CHECK definitions of %s not compared: %s", table, exc)
+        return []
+    live = dict(db.execute_sql(live_sql, (table,)).fetchall())
+    problems = []
+    for name, definition in expected.items():
+        definition = definition.replace(" NOT VALID", "")
+        if name in live and live[name] != definition:
+            problems.append(f"{table}: check constraint {name} is {live[name]}, expected {definition}")
+    return problems
 
 
 def run_migrations(url: str | None = None) -> list[str]:

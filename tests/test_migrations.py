@@ -210,6 +210,13 @@ DRIFT = [
      "ADD CONSTRAINT sentiment_scores_article_id_fkey FOREIGN KEY (article_id) REFERENCES articles (id)",
      "sentiment_scores: foreign key sentiment_scores_article_id_fkey is"),  # lost ON DELETE CASCADE
     ("DROP TABLE backtest_results", "backtest_results: table missing"),
+    # Same names, different meaning: compared as PostgreSQL prints or evaluates them.
+    ("ALTER TABLE events DROP CONSTRAINT events_severity_check, "
+     "ADD CONSTRAINT events_severity_check CHECK (severity BETWEEN 1 AND 9)",
+     "events: check constraint events_severity_check is"),
+    ("ALTER TABLE articles ALTER COLUMN ingested_at DROP DEFAULT", "articles.ingested_at: default is none, expected now()"),
+    ("ALTER TABLE prices ALTER COLUMN interval SET DEFAULT '1d'", "prices.interval: default is '1d'"),
+    ("ALTER TABLE orders ALTER COLUMN price SET DEFAULT 1", "orders.price: default is 1, expected none"),
 ]
 
 
