@@ -8,6 +8,7 @@ from .connection import (
     db_connection,
     get_db_session,
     initialize_database,
+    retry_transaction,
 )
 from .errors import (
     ConfigurationError,

@@ -8,7 +8,10 @@ owns the checkout/check-in bookkeeping.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import random
 import select
 import threading
 import time
@@ -31,7 +34,9 @@ from .config import Settings, load_settings
 from .errors import (
     DRIVER_ERRORS,
     DatabaseConnectionError,
+    DataValidationError,
     MarketstoreError,
+    SerializationFailure,
     is_connection_lost,
     translate,
 )
@@ -127,14 +132,22 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         return True
 
     def _connect(self):
-        with self._cond:
-            while self._idle:
+        while True:
+            with self._cond:
+                if not self._idle:
+                    break
                 conn, created, returned = self._idle.pop()
-                if self._expired(created) or not self._alive(conn, returned):
-                    self._close_raw(conn)
-                    continue
+                # Counted as in use while it is checked: the check may be a round trip,
+                # which must not hold _cond (a server that does not answer would
+                # otherwise stall every checkout, check-in and pool_status()).
                 self._busy[id(conn)] = (conn, created)
+            if not self._expired(created) and self._alive(conn, returned):
                 return conn
+            with self._cond:
+                self._busy.pop(id(conn), None)
+                self._cond.notify()
+            self._close_raw(conn)
+        with self._cond:
             if len(self._busy) >= self._cap:
                 raise MaxConnectionsExceeded(f"all {self._cap} connections in use")
             # Reserve the slot before the (slow) connect so concurrent check-ins
@@ -180,14 +193,12 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
     # -- check-in ---------------------------------------------------------
     def _close(self, conn, close_conn: bool = False) -> None:
         with self._cond:
-            entry = self._busy.pop(id(conn), None)
-            keep = (
-                entry is not None
-                and not close_conn
-                and not self._expired(entry[1])
-                and len(self._idle) < self._pool_size
-                and self._reusable(conn)
-            )
+            entry = self._busy.get(id(conn))
+        # _reusable() may roll back (a round trip): not under _cond.
+        keep = entry is not None and not close_conn and not self._expired(entry[1]) and self._reusable(conn)
+        with self._cond:
+            self._busy.pop(id(conn), None)
+            keep = keep and len(self._idle) < self._pool_size
             if keep:
                 self._idle.append((conn, entry[1], time.monotonic()))
             self._cond.notify()
@@ -365,3 +376,61 @@ def close_database() -> None:
 def get_db_session(operation: str = "session", model: str = ""):
     """``with get_db_session() as db:`` — a transaction on :data:`db_connection`."""
     return db_connection.session(operation, model)
+
+
+def _in_transaction() -> bool:
+    """True when this thread is inside a session of :data:`db_connection`."""
+    db = db_connection._db
+    return db is not None and not db.is_closed() and db.transaction_depth() > 0
+
+
+def retry_transaction(fn=None, /, *, retries: int = 3, backoff: float = 0.05, max_backoff: float = 2.0):
+    """Run ``fn()`` - one whole transaction - again when it raises ``SerializationFailure``.
+
+    ``retry_transaction(fn, retries=3)`` calls ``fn()`` now and returns its result.
+    ``@retry_transaction(retries=3)`` (or ``@retry_transaction()``) wraps a function
+    instead, so that every call of it is retried (arguments passed through).
+
+    At most ``retries`` re-runs follow the first attempt; before re-run ``n + 1``
+    it sleeps a random time between half and all of ``min(max_backoff,
+    backoff * 2**n)`` seconds, so that the transactions that collided do not
+    collide again in step. Only ``SerializationFailure`` (a deadlock or
+    serialization conflict: the server rolled the transaction back) is retried.
+    Any other error propagates at once, ``DatabaseConnectionError`` included (a
+    COMMIT whose reply was lost may have succeeded), and so does a
+    ``SerializationFailure`` raised inside an open session, where only the
+    outer transaction can be re-run. So ``fn`` opens its own session, and must
+    be safe to run again. Raises the last ``SerializationFailure`` when the
+    retries are used up, and ``DataValidationError`` for bad arguments.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise DataValidationError("retries", retries, "an integer >= 0")
+    for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise DataValidationError(name, value, "a finite number of seconds >= 0")
+
+    def run(call, *args, **kwargs):
+        attempt = 0
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except SerializationFailure as exc:
+                if attempt >= retries or _in_transaction():
+                    raise
+                delay = min(max_backoff, backoff * 2 ** attempt)
+                delay = random.uniform(delay / 2, delay)
+                attempt += 1
+                logger.warning("%s: %s; retry %d of %d in %.0f ms",
+                               getattr(call, "__qualname__", "transaction"), exc, attempt, retries, delay * 1000)
+                time.sleep(delay)
+
+    if fn is None:
+        def decorate(func):
+            @functools.wraps(func)
+            def wrapper(*args, **kwargs):
+                return run(func, *args, **kwargs)
+            return wrapper
+        return decorate
+    if not callable(fn):
+        raise DataValidationError("fn", fn, "a callable (the whole transaction)")
+    return run(fn)

@@ -59,7 +59,10 @@ class DataValidationError(MarketstoreError, ValueError):
 
 
 def _short(value, limit: int = 80) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int over 4300 digits: the error must still be raised
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -18,14 +18,12 @@ from typing import Any, Mapping
 from peewee import (
     SQL,
     BigAutoField,
-    BigIntegerField,
     CharField,
     DatabaseProxy,
     DecimalField,
     DoubleField,
     Field,
     ForeignKeyField,
-    IntegerField,
     Model,
     SmallIntegerField,
     TextField,
@@ -40,6 +38,7 @@ database_proxy = DatabaseProxy()
 UTC = dt.timezone.utc
 MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
 MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
+MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
 
 SIGNAL_TYPES = ("buy", "sell", "hold")
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
@@ -136,8 +135,14 @@ def config_hash(config: Any) -> str:
 
 
 # -- validation ---------------------------------------------------------------
-# Most specific first: SmallIntegerField and BigIntegerField subclass IntegerField.
-_INT_RANGE = {SmallIntegerField: 2**15, BigIntegerField: 2**63, IntegerField: 2**31}
+# By column type: an AutoField is INTEGER, a BigAutoField BIGINT (it is no BigIntegerField).
+_INT_BOUNDS = {"SMALLINT": 2**15, "BIGINT": 2**63, "BIGAUTO": 2**63}
+_DECIMAL_CONTEXT = decimal.Context(prec=100)  # quantize() to 8 places never loses digits below the limits
+
+
+def _int_bound(field: Field) -> int:
+    """The values of ``field``'s integer column lie in ``[-bound, bound)``."""
+    return _INT_BOUNDS.get(field.field_type, 2**31)
 
 
 def _fail(field: str, value, expected: str):
@@ -163,12 +168,23 @@ def _number(name: str, value, field: Field):
         _fail(name, value, "a number")
     if isinstance(field, DecimalField):
         try:
-            number = decimal.Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+            if isinstance(value, float):
+                number = decimal.Decimal(repr(value))
+            elif isinstance(value, str):
+                number = decimal.Decimal(value.strip())
+            else:  # int or Decimal: exact, and without str() (which refuses ints over 4300 digits)
+                number = decimal.Decimal(value)
         except decimal.InvalidOperation:
             _fail(name, value, "a decimal number")
         if not number.is_finite():
             _fail(name, value, "a finite number")
         limit = decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
+        if abs(number) < limit and number.as_tuple().exponent < -field.decimal_places:
+            # More decimals than the column keeps: round as PostgreSQL would (half away
+            # from zero), so that the range rules see the stored value and no digit the
+            # server refuses (more than 16383 after the point: 1E-20000) is ever sent.
+            number = number.quantize(decimal.Decimal(1).scaleb(-field.decimal_places),
+                                     rounding=decimal.ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
         if abs(number) >= limit:
             _fail(name, value, f"a number below {limit:.0e}")
         return number
@@ -177,12 +193,14 @@ def _number(name: str, value, field: Field):
             number = float(value)
         except ValueError:
             _fail(name, value, "a number")
+        except OverflowError:  # an int beyond 1.8e308
+            _fail(name, value, "a finite number")
         if not math.isfinite(number):
             _fail(name, value, "a finite number")
         return number
     if not isinstance(value, int):
         _fail(name, value, "an integer")
-    bound = next((b for cls, b in _INT_RANGE.items() if isinstance(field, cls)), 2**31)
+    bound = _int_bound(field)
     if not -bound <= value < bound:
         _fail(name, value, f"an integer in [{-bound}, {bound})")
     return value
@@ -196,21 +214,46 @@ def _timestamp(name: str, value) -> dt.datetime:
             _fail(name, value, "an ISO-8601 timestamp")
     if not isinstance(value, dt.datetime):
         _fail(name, value, "a datetime")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):  # datetime.max at UTC-5 is past the year 9999 in UTC
+        _fail(name, value, "a datetime within the years 1-9999 in UTC")
+
+
+def _json_depth(value, limit: int) -> int:
+    """Nesting depth of a JSON document, iteratively, counting no further than ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                break
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _json(name: str, value):
     try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        _fail(name, value, f"a JSON-serialisable document ({exc})")
-    # jsonb cannot store NUL in strings; lone surrogates are not valid UTF-8.
+        # ensure_ascii=False keeps a lone surrogate a surrogate, for encode() below.
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        _fail(name, value, f"a JSON-serialisable document ({type(exc).__name__}: {exc})")
+    # jsonb cannot store NUL in strings (json.dumps always escapes control characters).
     if "\\u0000" in text:
         _fail(name, value, "JSON without NUL characters")
-    if re.search(r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])", text):
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # any lone surrogate, high or low, in a key or a value
         _fail(name, value, "JSON with valid unicode (no lone surrogates)")
-    if len(text) > MAX_JSON_BYTES:
-        _fail(name, f"<{len(text)} bytes>", f"a document of at most {MAX_JSON_BYTES} bytes")
+    if size > MAX_JSON_BYTES:
+        _fail(name, f"<{size} bytes>", f"a document of at most {MAX_JSON_BYTES} bytes")
+    # The driver serialises the document again deeper in the stack, and the server
+    # parses it recursively: a fixed bound, far below either limit.
+    if _json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        _fail(name, f"<nested over {MAX_JSON_DEPTH} deep>", f"a document nested at most {MAX_JSON_DEPTH} deep")
     return value
 
 
@@ -219,8 +262,9 @@ def _coerce(name: str, field: Field, value):
     rules = getattr(field, "rules", {})
     if isinstance(field, ForeignKeyField):
         value = getattr(value, "id", value)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            _fail(name, value, "the id (a positive integer) of an existing row")
+        bound = _int_bound(field.rel_field)  # the referencing column has the referenced key's type
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < bound:
+            _fail(name, value, f"the id (a positive integer below {bound}) of an existing row")
         return value
     if isinstance(field, ArrayField):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -493,7 +537,10 @@ class BacktestResult(BaseModel):
     @classmethod
     def check_row(cls, row, partial=False):
         if "config" in row:
-            expected = config_hash(row["config"])
+            try:
+                expected = config_hash(row["config"])
+            except TypeError as exc:  # sort_keys cannot order keys of mixed types: {1: .., "a": ..}
+                _fail("config", row["config"], f"a document whose keys can be sorted ({exc})")
             if row.get("config_hash") not in (None, expected):
                 _fail("config_hash", row["config_hash"], f"sha256 of the canonical config ({expected})")
             row["config_hash"] = expected

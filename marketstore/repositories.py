@@ -29,6 +29,7 @@ import re
 from decimal import Decimal
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
+import peewee
 import psycopg2
 from peewee import JOIN, SQL, Expression, fn
 
@@ -67,6 +68,10 @@ def _text(name: str, value, max_length: int) -> str:
         raise DataValidationError(name, value, "a non-empty string")
     if "\x00" in value:
         raise DataValidationError(name, value, "text without NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # the driver would raise it, raw, while encoding the query
+        raise DataValidationError(name, value, "valid unicode (no lone surrogates)") from None
     if len(value) > max_length:
         raise DataValidationError(name, value, f"at most {max_length} characters")
     return value
@@ -389,6 +394,11 @@ class PriceRepository(BaseRepository[Price]):
             _text("rows_or_csv_path", path, 4096)
             os.stat(path)  # a missing file fails here, before a transaction (FIFOs are fine)
             records: Iterable = _csv_records(path)
+        elif isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
+            # Iterating a query runs it: before the session there is no connection, and
+            # inside it the connection is busy with this COPY.
+            raise DataValidationError("rows_or_csv_path", rows_or_csv_path,
+                                      "rows, not a query: read it first (list(query)), or use bulk_create")
         elif isinstance(rows_or_csv_path, Iterable) and not isinstance(rows_or_csv_path, (bytes, Mapping)):
             records = ((f"row {n}", data) for n, data in enumerate(rows_or_csv_path, 1))
         else:

@@ -10,12 +10,27 @@ from .models import BaseModel
 T = TypeVar("T", bound=BaseModel)
 
 MAX_PAGE = 10_000
+MAX_ID = 2**63 - 1  # bigint: no row id is larger
 
 
-def _positive_int(name: str, value, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum and value > maximum):
-        bound = f" <= {maximum}" if maximum else ""
-        raise DataValidationError(name, value, f"a positive integer{bound}")
+def _positive_int(name: str, value, maximum: int = MAX_ID) -> int:
+    """``value`` when it is an int in ``[1, maximum]``; else ``DataValidationError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise DataValidationError(name, value, f"a positive integer <= {maximum}")
+    return value
+
+
+def _sendable(name: str, value):
+    """Refuse a filter value the driver cannot send (it would raise a raw ValueError)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise DataValidationError(name, value, "text without NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataValidationError(name, value, "valid unicode (no lone surrogates)") from None
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
+        raise DataValidationError(name, value, "an integer of at most 1000 digits")
     return value
 
 
@@ -45,7 +60,7 @@ class BaseRepository(Generic[T]):
             if name not in fields:
                 raise DataValidationError(name, value, f"a field of {self.model.__name__} ({', '.join(fields)})")
             field = fields[name]
-            query = query.where(field.is_null() if value is None else field == value)
+            query = query.where(field.is_null() if value is None else field == _sendable(name, value))
         return query
 
     def create(self, **data) -> T:
@@ -122,20 +137,25 @@ class BaseRepository(Generic[T]):
         """Insert all ``rows`` in one transaction, ``batch_size`` per statement.
 
         Every row is validated before the first statement; any failure writes
-        nothing. Returns the number of rows inserted.
+        nothing. ``rows`` may come from a query (read in the same transaction).
+        Returns the number of rows inserted.
         """
         _positive_int("batch_size", batch_size, MAX_PAGE)
-        validated = []
-        for number, row in enumerate(rows, 1):
-            try:
-                validated.append(self.model.validate(row))
-            except DataValidationError as exc:
-                raise DataValidationError(f"row {number}: {exc.field}", exc.value, exc.expected) from None
-        # One statement needs one column list: group rows by the fields they set.
-        groups: dict[tuple, list[dict]] = {}
-        for row in validated:
-            groups.setdefault(tuple(sorted(row)), []).append(row)
+        if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+            raise DataValidationError("rows", rows, "an iterable of rows (mappings)")
+        # Rows are read inside the session: a query (or anything else that reads
+        # the database while iterated) needs the connection checked out.
         with self.session("bulk_create"):
+            validated = []
+            for number, row in enumerate(rows, 1):
+                try:
+                    validated.append(self.model.validate(row))
+                except DataValidationError as exc:
+                    raise DataValidationError(f"row {number}: {exc.field}", exc.value, exc.expected) from None
+            # One statement needs one column list: group rows by the fields they set.
+            groups: dict[tuple, list[dict]] = {}
+            for row in validated:
+                groups.setdefault(tuple(sorted(row)), []).append(row)
             for group in groups.values():
                 for start in range(0, len(group), batch_size):
                     self.model.insert_many(group[start:start + batch_size]).execute()

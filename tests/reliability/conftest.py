@@ -1,0 +1,66 @@
+"""Fixtures of the reliability tests: a throwaway PostgreSQL cluster of their own.
+
+These tests restart the server, kill backends and exhaust connections, so they
+never touch the shared test server: the session starts its own cluster
+(:mod:`pgcluster`), migrates one database on it, and always destroys it. Each
+test gets empty tables, a pool with its own ``application_name`` (so server-side
+counts see only that test's connections), and a raw autocommit connection as
+the superuser for checks and for injecting faults.
+"""
+from __future__ import annotations
+
+import atexit
+
+import psycopg2
+import pytest
+
+import marketstore
+
+from pgcluster import Cluster, ClusterUnavailable
+from reliability_helpers import DBNAME, app_name, truncate_all
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The session's throwaway cluster, destroyed at the end (also at interpreter exit)."""
+    try:
+        server = Cluster.create()
+    except ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    atexit.register(server.destroy)  # if pytest dies before the finalizer runs
+    try:
+        admin = psycopg2.connect(server.url())
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{DBNAME}"')
+        admin.close()
+        marketstore.run_migrations(server.url(DBNAME))
+        yield server
+    finally:
+        marketstore.close_database()
+        server.destroy()
+
+
+@pytest.fixture
+def cluster_url(cluster) -> str:
+    """Superuser URL of the migrated database; the server is up when the test starts."""
+    cluster.ensure_running()  # a test that failed mid-restart must not break the next one
+    return cluster.url(DBNAME)
+
+
+@pytest.fixture
+def admin(cluster_url):
+    """A raw autocommit psycopg2 connection as the superuser, independent of the pool."""
+    conn = psycopg2.connect(cluster_url, application_name="reliability-admin")
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def store(cluster_url):
+    """``marketstore.db_connection`` on empty tables with a unique application_name."""
+    truncate_all(cluster_url)
+    connection = marketstore.initialize_database(cluster_url, pool_timeout=5, application_name=app_name())
+    yield connection
+    marketstore.close_database()
