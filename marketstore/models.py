@@ -358,6 +358,12 @@ class Price(BaseModel):
             _check("prices", "ohlc_check",
                    "low > 0 AND low <= open AND low <= close AND open <= high AND close <= high"),
             _check("prices", "volume_check", "volume >= 0"),
+            # Migration 003: NaN passes the checks above (it sorts above every number);
+            # the patterns hold rows that COPY streams straight to the server.
+            _check("prices", "nan_check", "high <> 'NaN' AND volume <> 'NaN'"),
+            _check("prices", "symbol_check", r"symbol ~ '^[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]*$'"),
+            _check("prices", "interval_check",
+                   "\"interval\" ~ '^[1-9][0-9]*(s|m|h|d|w|mo)$' AND length(\"interval\") <= 6"),
         ]
 
     @classmethod
@@ -486,6 +492,8 @@ class Order(BaseModel):
                    "CASE WHEN price IS NULL THEN order_type = 'market' ELSE price > 0 END"),
             _check("orders", "fill_check", "filled_quantity >= 0 AND filled_quantity <= quantity"),
             _check("orders", "fill_price_check", "average_fill_price IS NULL OR average_fill_price > 0"),
+            _check("orders", "nan_check", "quantity <> 'NaN' AND filled_quantity <> 'NaN' "
+                                          "AND price <> 'NaN' AND average_fill_price <> 'NaN'"),
         ]
 
     @classmethod
@@ -516,7 +524,10 @@ class OrderEvent(BaseModel):
     class Meta:
         table_name = "order_events"
         indexes = ((("order", "timestamp"), False),)
-        constraints = [_check("order_events", "to_status_check", _in("to_status", ORDER_STATUSES))]
+        constraints = [
+            _check("order_events", "to_status_check", _in("to_status", ORDER_STATUSES)),
+            _check("order_events", "nan_check", "filled_quantity <> 'NaN' AND fill_price <> 'NaN'"),
+        ]
 
 
 class BacktestResult(BaseModel):

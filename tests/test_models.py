@@ -289,6 +289,14 @@ ORDER_SQL = ("INSERT INTO orders (order_id, symbol, order_type, side, quantity, 
     (PRICE_SQL, (13, 12, 9, 11, 1), "prices_ohlc_check"),  # open > high
     (PRICE_SQL, (0, 0, 0, 0, 1), "prices_ohlc_check"),  # low not > 0
     (PRICE_SQL, (10, 12, 9, 11, -1), "prices_volume_check"),
+    # NaN sorts above every number, so only an explicit check refuses an all-NaN bar.
+    (PRICE_SQL, ("NaN", "NaN", "NaN", "NaN", 1), "prices_nan_check"),
+    (PRICE_SQL, (10, 12, 9, 11, "NaN"), "prices_nan_check"),
+    ("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
+     "VALUES ('AA PL', '2024-01-01T00:00Z', 1, 1, 1, 1, 1)", None, "prices_symbol_check"),
+    ("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume, interval) "
+     "VALUES ('AAPL', '2024-01-01T00:00Z', 1, 1, 1, 1, 1, '1x')", None, "prices_interval_check"),
+    (ORDER_SQL, ("market", "NaN", None, 0, "pending"), "orders_nan_check"),
     ("INSERT INTO sentiment_scores (article_id, score, confidence, model) VALUES (%(article)s, 2, 0.5, 'm')",
      None, "sentiment_scores_score_check"),
     ("INSERT INTO sentiment_scores (article_id, score, confidence, model) VALUES (%(article)s, 0, 1.5, 'm')",
