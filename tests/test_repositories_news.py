@@ -210,11 +210,14 @@ def test_search_migration_round_trip_indexes_existing_articles(create_database):
         migration = DatabaseMigration(connection)
         migration.migrate()
         assert migration.verify_schema() == []
-        assert migration.rollback() == ["002_article_search"]
-        assert sorted(migration.verify_schema()) == ["articles.search_vector: column missing",
-                                                     "articles: index articles_search_vector missing"]
+        applied = migration.applied()
+        later = applied[applied.index("002_article_search"):]  # 002 and whatever came after it
+        assert migration.rollback(len(later)) == later[::-1]
+        about_search = [p for p in migration.verify_schema() if p.startswith("articles")]
+        assert sorted(about_search) == ["articles.search_vector: column missing",
+                                        "articles: index articles_search_vector missing"]
         fetch("INSERT INTO articles (title, content) VALUES ('Copper rally', 'Mines strike') RETURNING id")
-        assert migration.migrate() == ["002_article_search"]
+        assert migration.migrate() == later
         assert migration.verify_schema() == []
         assert fetch("SELECT indexdef FROM pg_indexes WHERE indexname = 'articles_search_vector'") == [
             ("CREATE INDEX articles_search_vector ON public.articles USING gin (search_vector)",)]
