@@ -131,6 +131,85 @@ def test_latest_and_latest_for_symbols_match_oracle(prices):
     assert prices.latest_for_symbols([]) == {}
 
 
+FIELD_NAMES = [f.name for f in marketstore.Price._meta.sorted_fields]
+
+
+def peewee_built(query) -> list:
+    """The same rows through peewee's own model cursor: the reference for the direct construction."""
+    return list(query)
+
+
+def assert_same_instances(fast, slow):
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert type(a) is type(b) is marketstore.Price
+        for name in FIELD_NAMES:
+            x, y = getattr(a, name), getattr(b, name)
+            assert (type(x), x) == (type(y), y), name
+            if isinstance(x, Decimal):
+                assert x.as_tuple() == y.as_tuple(), name  # exact: same digits and scale
+            if isinstance(x, dt.datetime):
+                assert x.tzinfo is UTC and y.utcoffset() == dt.timedelta(0), name
+        assert a.__data__ == b.__data__ and a._dirty == b._dirty == set() and a.__rel__ == b.__rel__ == {}
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b) and str(a) == str(b)
+
+
+def test_get_range_and_latest_build_the_same_instances_as_peewee(prices):
+    rows = random_bars(random.Random(7), "AAA", 200) + random_bars(random.Random(8), "BBB", 20, "1d")
+    prices.upsert_many(rows)
+    Price = marketstore.Price
+    fast = prices.get_range("AAA", T0, T0 + 10_000 * MINUTE)
+    with marketstore.get_db_session():
+        slow = peewee_built(Price.select().where(Price.symbol == "AAA", Price.interval == "1m")
+                            .order_by(Price.timestamp))
+    assert len(fast) == 200
+    assert_same_instances(fast, slow)
+    latest = prices.latest_for_symbols(["AAA", "BBB", "ZZZ"], interval="1d")
+    assert list(latest) == ["BBB"]
+    assert_same_instances([latest["BBB"]], [prices.latest("BBB", interval="1d")])
+
+
+def test_get_range_as_tuples_is_the_fast_path_in_documented_order(prices):
+    from marketstore.repositories import PRICE_ROW_COLUMNS
+    rows = random_bars(random.Random(9), "AAA", 50)
+    prices.upsert_many(rows)
+    models = prices.get_range("AAA", T0, T0 + 10_000 * MINUTE)
+    tuples = prices.get_range("AAA", T0, T0 + 10_000 * MINUTE, as_tuples=True)
+    assert PRICE_ROW_COLUMNS == ("id", "symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
+    assert tuples == [tuple(m.__data__[c] for c in PRICE_ROW_COLUMNS) for m in models]
+    assert all(type(t) is tuple and t[2].tzinfo is UTC for t in tuples)
+    with pytest.raises(DataValidationError):
+        prices.get_range("AAA", T0, T0 + MINUTE, as_tuples="yes")
+
+
+def test_get_range_is_aware_utc_even_after_set_timezone(prices):
+    prices.upsert_many([bar("AAA", 0)])
+    with marketstore.get_db_session() as db:
+        db.execute_sql("SET LOCAL timezone = 'America/New_York'")
+        got = prices.get_range("AAA", T0, T0 + MINUTE)
+        tuples = prices.get_range("AAA", T0, T0 + MINUTE, as_tuples=True)
+        latest = prices.latest_for_symbols(["AAA"])
+    assert got[0].timestamp == tuples[0][2] == latest["AAA"].timestamp == T0
+    assert got[0].timestamp.tzinfo is tuples[0][2].tzinfo is latest["AAA"].timestamp.tzinfo is UTC
+
+
+def test_fast_built_instances_save_and_update_like_any_other(prices, raw):
+    prices.upsert_many([bar("AAA", 0), bar("AAA", 1)])
+    first, second = prices.get_range("AAA", T0, T0 + 2 * MINUTE)
+    assert first != second and first == prices.get(first.id)
+    first.close = first.high
+    assert first._dirty == {"close"}
+    with marketstore.get_db_session():
+        first.save()
+    updated = prices.update(second.id, volume=Decimal(42))
+    assert updated.volume == Decimal(42)
+    assert [r[6:] for r in stored(raw)] == [(first.high, Decimal(1000)), (second.close, Decimal(42))]
+    first.low = first.high + 1  # validation still runs on save
+    with pytest.raises(DataValidationError):
+        with marketstore.get_db_session():
+            first.save()
+
+
 def _oracle_bars(rows, start, end, width) -> list[tuple]:
     buckets: dict[dt.datetime, list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["timestamp"]):
@@ -404,3 +483,106 @@ def test_bad_parameters_are_refused(prices, method, args, kwargs, field):
     with pytest.raises(DataValidationError) as info:
         getattr(prices, method)(*args, **kwargs)
     assert info.value.field == field
+
+
+# -- the fast row check of copy_from/upsert_many against the full validation ----------
+
+def _copy_values(line: str) -> tuple:
+    """The values a COPY text line sends, parsed back (None for a refused row)."""
+    symbol, ts, o, h, lo, c, v, interval = line.rstrip("\n").split("\t")
+    stamp = dt.datetime.fromisoformat(ts)
+    assert stamp.utcoffset() == dt.timedelta(0)
+    return (symbol, stamp, *(Decimal(x) for x in (o, h, lo, c, v)), interval)
+
+
+def _full_line(row):
+    from marketstore.repositories import _copy_line, _price_row
+    try:
+        return _copy_line(_price_row(row, "row 1"))
+    except DataValidationError:
+        return None
+
+
+_EDGE_NUMBERS = [Decimal("1E-9"), Decimal("5E-9"), Decimal("4.9E-9"), Decimal("0.00000001"), Decimal("-0"),
+                 Decimal("0"), Decimal("1.000000000"), Decimal("1.000000005"), Decimal("1E+3"),
+                 Decimal("9999999999999999.99999999"), Decimal("9999999999999999.999999999"), Decimal("1E+16"),
+                 Decimal("99999999999999999999.99999999"), Decimal("1E+20"), Decimal("NaN"), Decimal("-NaN"),
+                 Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"), 0, 1, 10**16, True, 1.5,
+                 float("nan"), float("inf"), "12.5", " 3 ", "NaN", "abc", None, [], b"1"]
+
+
+def _numbers():
+    scaled = st.integers(0, 11).flatmap(
+        lambda places: st.decimals(min_value=0, max_value=Decimal(10) ** 17, places=places))
+    return st.one_of(scaled, st.sampled_from(_EDGE_NUMBERS), st.decimals(), st.integers(-5, 10**21),
+                     st.floats(), scaled.map(str))
+
+
+_OFFSETS = st.timedeltas(min_value=-dt.timedelta(hours=23, minutes=59),
+                         max_value=dt.timedelta(hours=23, minutes=59)).map(dt.timezone)
+_STAMPS = st.one_of(st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), _OFFSETS)),
+                    st.sampled_from([dt.datetime.min, dt.datetime.max,
+                                     dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=5))),
+                                     dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))]),
+                    st.datetimes().map(lambda d: d.isoformat()), st.just(dt.date(2024, 1, 2)))
+_SYMBOLS = st.one_of(st.from_regex(r"[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]{0,33}", fullmatch=True), st.text(max_size=40),
+                     st.sampled_from(["AAPL", "BRK.B", "^GSPC", "EUR/USD", "a\tb", "a\\b", "AAA\n", 7, None]))
+_INTERVALS = st.one_of(st.sampled_from(["1m", "5m", "1h", "1d", "1w", "1mo", "9999mo", "10000m", "0m", "1x",
+                                        "1M", " 1m", "1m\n", 1, None]), st.text(max_size=8))
+_FIELD_VALUES = {"symbol": _SYMBOLS, "timestamp": _STAMPS, "interval": _INTERVALS,
+                 **{name: _numbers() for name in ("open", "high", "low", "close", "volume")}}
+
+
+@st.composite
+def price_inputs(draw):
+    """Mostly valid bars (ordered Decimals of any scale), some fields then replaced, removed or added."""
+    values = sorted(draw(st.lists(st.integers(0, 11).flatmap(
+        lambda p: st.decimals(min_value=0, max_value=Decimal(10) ** 16, places=p)), min_size=5, max_size=5)))
+    low, a, b, high = values[1:]
+    row = {"symbol": draw(st.sampled_from(["AAA", "BRK.B", "^GSPC"])),
+           "timestamp": draw(st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), _OFFSETS))),
+           "open": a, "high": high, "low": low, "close": b, "volume": values[0] * draw(st.sampled_from([1, 10**4])),
+           "interval": draw(st.sampled_from(["1m", "1h", "1mo"]))}
+    if draw(st.booleans()):
+        del row["interval"]
+    for name in draw(st.sets(st.sampled_from(sorted(_FIELD_VALUES)), max_size=3)):
+        row[name] = draw(_FIELD_VALUES[name])
+    for name in draw(st.sets(st.sampled_from(sorted(_FIELD_VALUES)), max_size=1)):
+        row.pop(name, None)
+    if draw(st.integers(0, 20)) == 0:
+        row[draw(st.sampled_from(["id", "Symbol", "extra"]))] = 1
+    return draw(st.sampled_from([row, row, row, tuple(row.values())]))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row=price_inputs())
+def test_fast_row_check_accepts_exactly_what_full_validation_accepts(row):
+    from marketstore.repositories import _copy_lines, _fast_copy_line
+    full = _full_line(row)
+    fast = _fast_copy_line(row, set(), set())
+    if fast is not None:  # the fast check vouched for the row: the full validation agrees, same values
+        assert full is not None, row
+        assert _copy_values(fast) == _copy_values(full)
+    symbols, intervals = set(), set()
+    for _ in range(2):  # the second time through, symbol and interval come from the caches
+        again = _fast_copy_line(row, symbols, intervals)
+        assert again == fast
+    # The whole pipeline: the same line, or the same error as the full validation alone.
+    try:
+        lines = list(_copy_lines([(1, row)]))
+    except DataValidationError as exc:
+        assert full is None
+        with pytest.raises(DataValidationError) as info:
+            from marketstore.repositories import _price_row
+            _price_row(row, "row 1")
+        assert str(info.value) == str(exc)
+    else:
+        assert full is not None and _copy_values(lines[0]) == _copy_values(full)
+
+
+def test_fast_row_check_takes_the_common_row():
+    """The fast path is really taken for the rows callers pass (else the test above proves little)."""
+    from marketstore.repositories import _fast_copy_line
+    for row in (bar("AAA", 0), {k: v for k, v in bar("AAA", 1).items() if k != "interval"},
+                dict(bar("AAA", 2), timestamp=(T0 + MINUTE).replace(tzinfo=None))):
+        assert _fast_copy_line(row, set(), set()) == _full_line(row)

@@ -21,3 +21,9 @@ GRANT USAGE, SELECT
     ON SEQUENCE prices_id_seq, articles_id_seq, sentiment_scores_id_seq, events_id_seq,
                 trading_signals_id_seq, orders_id_seq, order_events_id_seq, backtest_results_id_seq
     TO :"app_role";
+
+-- PriceRepository.upsert_many stages rows in a temporary table (CREATE
+-- TEMPORARY TABLE ... ON COMMIT DROP), which needs the TEMPORARY privilege on
+-- the database. PostgreSQL grants it to PUBLIC on every new database; where a
+-- deployment has revoked it, grant it back to the application role:
+--   GRANT TEMPORARY ON DATABASE <database> TO <app_role>;
