@@ -91,8 +91,3 @@ def db(database_url):
     yield connection
     marketstore.close_database()
 
-
-def count_rows(raw, table: str) -> int:
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]

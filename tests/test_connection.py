@@ -36,17 +36,11 @@ from marketstore import (
     initialize_database,
 )
 from marketstore import connection as connection_module
+from helpers import count_rows, eventually
 
 UTC = dt.timezone.utc
-SERVER_TIMEOUT = 10.0  # upper bound for the server to notice a closed socket
 
 
-def count_rows(raw, table: str) -> int:
-    # A local copy of conftest's helper: `from conftest import` is ambiguous once
-    # a subfolder (tests/reliability) has a conftest.py of its own.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 def app_name() -> str:
@@ -68,17 +62,6 @@ def backend_alive(raw, pid: int) -> bool:
         return cur.fetchone()[0] > 0
 
 
-def eventually(read, expected, timeout: float = SERVER_TIMEOUT):
-    """Poll ``read()`` until it returns ``expected``; returns the last value read.
-
-    A backend leaves pg_stat_activity a moment after its client closes the socket.
-    """
-    deadline = time.monotonic() + timeout
-    value = read()
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    return value
 
 
 def kill_backend(raw, pid: int) -> None:

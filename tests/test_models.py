@@ -23,46 +23,27 @@ from marketstore import (
     ArticleRepository,
     BacktestResult,
     BacktestResultRepository,
-    BaseRepository,
     DataValidationError,
     Event,
-    EventRepository,
     Order,
     OrderEvent,
     OrderRepository,
     Price,
     PriceRepository,
     SentimentScore,
-    SentimentScoreRepository,
     TradingSignal,
-    TradingSignalRepository,
     get_db_session,
 )
 from marketstore.models import config_hash
+from helpers import REPOSITORIES, count_rows
 
 UTC = dt.timezone.utc
 NAN, INF = float("nan"), float("inf")
 MISSING = object()  # drop the field from the valid row
 
 
-def count_rows(raw, table: str) -> int:
-    # A local copy of conftest's helper: `from conftest import` is ambiguous once
-    # a subfolder (tests/reliability) has a conftest.py of its own.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
-class OrderEventRepository(BaseRepository[OrderEvent]):
-    # The audit table has no public repository; the generic one is enough here.
-    model = OrderEvent
-
-
-REPOSITORIES = {
-    Price: PriceRepository, Article: ArticleRepository, SentimentScore: SentimentScoreRepository,
-    Event: EventRepository, TradingSignal: TradingSignalRepository, Order: OrderRepository,
-    OrderEvent: OrderEventRepository, BacktestResult: BacktestResultRepository,
-}
 
 
 def valid_row(model) -> dict:

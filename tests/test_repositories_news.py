@@ -19,6 +19,7 @@ from marketstore import (
     SentimentScoreRepository,
 )
 from marketstore.repositories import BUCKET_ORIGIN, SentimentBucket
+from helpers import count_rows
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, tzinfo=UTC)
@@ -26,11 +27,6 @@ HOUR = dt.timedelta(hours=1)
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "META"]
 
 
-def count_rows(raw, table: str) -> int:
-    # Not imported from conftest: `from conftest import` is ambiguous with tests/reliability/conftest.py.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 @pytest.fixture

@@ -24,17 +24,14 @@ import marketstore
 from marketstore import DataValidationError, IntegrityViolation, PriceRepository
 from marketstore.repositories import BUCKET_ORIGIN, PriceBar
 
+from helpers import count_rows
+
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 MINUTE = dt.timedelta(minutes=1)
 
 
-def count_rows(raw, table: str) -> int:
-    # Not imported from conftest: `from conftest import` is ambiguous with tests/reliability/conftest.py.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 def bar(symbol: str, minute: int, low_cents: int = 10_000, span: int = 200, o: int = 50, c: int = 150,

@@ -21,6 +21,7 @@ from marketstore import (
 )
 from marketstore.models import config_hash
 from marketstore.repositories import FILL_STATUSES, ORDER_MOVES
+from helpers import count_rows
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 6, tzinfo=UTC)
@@ -28,11 +29,6 @@ HOUR = dt.timedelta(hours=1)
 FINAL = {"filled", "cancelled", "rejected"}
 
 
-def count_rows(raw, table: str) -> int:
-    # Not imported from conftest: `from conftest import` is ambiguous with tests/reliability/conftest.py.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 @pytest.fixture

@@ -28,18 +28,13 @@ from marketstore import (
     get_db_session,
 )
 from marketstore.models import OrderEvent
+from helpers import count_rows
 
 UTC = dt.timezone.utc
 DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException)
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def count_rows(raw, table: str) -> int:
-    # A local copy of conftest's helper: `from conftest import` is ambiguous once
-    # a subfolder (tests/reliability) has a conftest.py of its own.
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 def bar(n: int, symbol: str = "AAPL", **changes) -> dict:

@@ -12,10 +12,10 @@ import psycopg2
 
 import marketstore
 from marketstore.models import MODELS
+from helpers import count_rows, eventually  # noqa: F401 (re-exported to the reliability tests)
 
 UTC = dt.timezone.utc
 DBNAME = "marketstore"  # the migrated database on the throwaway cluster
-SERVER_TIMEOUT = 10.0  # upper bound for the server to notice a closed socket
 DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException)
 
 
@@ -24,14 +24,6 @@ def app_name() -> str:
     return f"rel_{uuid.uuid4().hex[:10]}"
 
 
-def eventually(read, expected, timeout: float = SERVER_TIMEOUT):
-    """Poll ``read()`` until it returns ``expected``; returns the last value read."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = read()
-    return value
 
 
 def query(conn, sql: str, params=None) -> list[tuple]:
@@ -74,8 +66,6 @@ def backend_pid(db) -> int:
     return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
-def count_rows(conn, table: str) -> int:
-    return query(conn, f"SELECT count(*) FROM {table}")[0][0]
 
 
 def snapshot(conn) -> dict[str, tuple]:

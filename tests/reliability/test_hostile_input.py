@@ -38,7 +38,6 @@ from marketstore import (
     ArticleRepository,
     BacktestResult,
     BacktestResultRepository,
-    BaseRepository,
     DataValidationError,
     Event,
     EventRepository,
@@ -57,23 +56,13 @@ from marketstore import (
 )
 from marketstore.models import MAX_JSON_BYTES, MAX_TEXT_CHARS, config_hash
 
+from helpers import REPOSITORIES
 from reliability_helpers import count_rows, pgcodes, query, snapshot
 
 UTC = dt.timezone.utc
 _unique = itertools.count(1)
 
 
-class OrderEventRepository(BaseRepository[OrderEvent]):
-    """The audit table has no public repository; the generic one still must not leak errors."""
-
-    model = OrderEvent
-
-
-REPOSITORIES = {
-    Price: PriceRepository, Article: ArticleRepository, SentimentScore: SentimentScoreRepository,
-    Event: EventRepository, TradingSignal: TradingSignalRepository, Order: OrderRepository,
-    OrderEvent: OrderEventRepository, BacktestResult: BacktestResultRepository,
-}
 
 
 # -- valid rows (unique on every call), then made hostile --------------------------------

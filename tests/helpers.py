@@ -1,0 +1,60 @@
+"""Helpers shared by the test modules (here, not in conftest.py: ``from conftest
+import`` is ambiguous once tests/reliability has a conftest.py of its own)."""
+from __future__ import annotations
+
+import time
+
+from marketstore import (
+    ArticleRepository,
+    BacktestResult,
+    BacktestResultRepository,
+    BaseRepository,
+    Event,
+    EventRepository,
+    Order,
+    OrderEvent,
+    OrderRepository,
+    Price,
+    PriceRepository,
+    SentimentScore,
+    SentimentScoreRepository,
+    TradingSignal,
+    TradingSignalRepository,
+)
+from marketstore.models import Article
+
+SERVER_TIMEOUT = 10.0  # upper bound for the server to notice a closed socket
+
+
+def count_rows(conn, table: str) -> int:
+    """Rows of ``table``, read through ``conn`` (a raw psycopg2 connection)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def eventually(read, expected, timeout: float = SERVER_TIMEOUT):
+    """Poll ``read()`` until it returns ``expected``; returns the last value read.
+
+    A backend leaves pg_stat_activity a moment after its client closes the socket.
+    """
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+class OrderEventRepository(BaseRepository[OrderEvent]):
+    """The audit table has no public repository; the generic one is enough for tests."""
+
+    model = OrderEvent
+
+
+REPOSITORIES = {
+    Price: PriceRepository, Article: ArticleRepository, SentimentScore: SentimentScoreRepository,
+    Event: EventRepository, TradingSignal: TradingSignalRepository, Order: OrderRepository,
+    OrderEvent: OrderEventRepository, BacktestResult: BacktestResultRepository,
+}
+"""The repository of each model."""
