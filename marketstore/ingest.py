@@ -18,9 +18,10 @@ from typing import Callable, Iterable, Iterator
 from .connection import get_db_session
 from .errors import DataValidationError, MarketstoreError
 from .models import Article, Price
-from .repositories import ArticleRepository, PriceRepository
+from .repositories import PRICE_COLUMNS as REPOSITORY_PRICE_COLUMNS, ArticleRepository, PriceRepository
 
-PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
+# The required columns of a price file: the repository's, interval being optional.
+PRICE_COLUMNS = tuple(c for c in REPOSITORY_PRICE_COLUMNS if c != "interval")
 PRICE_HEADER = ",".join(PRICE_COLUMNS) + "[,interval]"
 ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
 # Set by the database: a client must not choose when we learnt of an article (point in time).

@@ -48,6 +48,7 @@ from .models import (
     Price,
     SentimentScore,
     TradingSignal,
+    _text as _check_text,
     _timestamp,
     config_hash,
 )
@@ -67,15 +68,7 @@ def _text(name: str, value, max_length: int) -> str:
     """
     if not isinstance(value, str) or not value:
         raise DataValidationError(name, value, "a non-empty string")
-    if "\x00" in value:
-        raise DataValidationError(name, value, "text without NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # the driver would raise it, raw, while encoding the query
-        raise DataValidationError(name, value, "valid unicode (no lone surrogates)") from None
-    if len(value) > max_length:
-        raise DataValidationError(name, value, f"at most {max_length} characters")
-    return value
+    return _check_text(name, value, max_length)  # NUL, lone surrogates, length: the models' rules
 
 
 def _when(name: str, value) -> dt.datetime:

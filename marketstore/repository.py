@@ -5,7 +5,7 @@ from typing import Any, Generic, Iterable, Mapping, TypeVar
 
 from .connection import DatabaseConnection, db_connection
 from .errors import DataValidationError, NotFoundError
-from .models import BaseModel
+from .models import BaseModel, _text
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -23,12 +23,7 @@ def _positive_int(name: str, value, maximum: int = MAX_ID) -> int:
 def _sendable(name: str, value):
     """Refuse a filter value the driver cannot send (it would raise a raw ValueError)."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise DataValidationError(name, value, "text without NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataValidationError(name, value, "valid unicode (no lone surrogates)") from None
+        _text(name, value)  # NUL and lone surrogates: the models' own rules
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
         raise DataValidationError(name, value, "an integer of at most 1000 digits")
     return value
