@@ -21,6 +21,7 @@ Conventions shared by all queries:
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
 import itertools
@@ -282,36 +283,137 @@ class _CopyStream:
         return "".join(chunk)
 
 
-def _csv_records(path: str) -> Iterator[tuple[str, dict]]:
-    """``(where, row)`` for each record of the CSV file at ``path``, read lazily.
+# PostgreSQL reads these timestamps as the time of the load, not of the bar.
+_RELATIVE_WORDS = (b"now", b"today", b"tomorrow", b"yesterday")
+_END_OF_COPY = b"\\."  # alone on a line, it ends COPY's data: the rest of the file would be dropped
+_COPY_ERROR = re.compile(r'COPY prices, line (\d+)(?:, column (\w+))?(?:: "(.*)")?', re.DOTALL)
 
-    The first line is a header naming the columns (any order, ``interval``
-    optional). Blank lines are skipped.
+
+class _CsvBody:
+    """The body of a price CSV file, read for ``COPY ... FROM STDIN WITH (FORMAT csv)``.
+
+    The server parses the bytes; Python only reads them in whole lines, in
+    64 KiB chunks, and looks at a line itself when a cheap scan of the chunk
+    finds one of the few things COPY would take differently from validation:
+    a blank line (skipped, so line numbers are remapped), a relative timestamp
+    word (refused) or the end-of-data marker ``\\.`` (refused). A chunk with
+    none of them -- the common case -- is passed on untouched.
     """
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
+
+    def __init__(self, handle, path: str, header: list[str]):
+        self._handle, self._path = handle, path
+        self._timestamp_at = header.index("timestamp")
+        self._sent = 0  # data lines handed to COPY
+        self._file_line = 1  # last file line read (the header is line 1)
+        self._marks: list[int] = []  # COPY line numbers from which ...
+        self._offsets: list[int] = []  # ... this many more file lines were skipped
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
         try:
-            header = next(reader, None)
-            if header is None:
-                return
-            header = [name.strip() for name in header]
-            required = [c for c in PRICE_COLUMNS if c != "interval"]
-            if (sorted(set(header)) != sorted(header) or not set(required) <= set(header)
-                    or not set(header) <= set(PRICE_COLUMNS)):
-                raise DataValidationError(f"{path}, line 1: header", header,
-                                          f"the columns {', '.join(PRICE_COLUMNS)} (interval optional), once each")
-            for record in reader:
-                where = f"{path}, line {reader.line_num}"
-                if not record or record == [""]:
-                    continue
-                if len(record) != len(header):
-                    raise DataValidationError(where, record, f"{len(header)} fields ({', '.join(header)})")
-                yield where, dict(zip(header, record))
-        except UnicodeDecodeError as exc:
-            raise DataValidationError(f"{path}, line {reader.line_num + 1}", exc.object[exc.start:exc.end],
-                                      "UTF-8 text") from None
-        except csv.Error as exc:
-            raise DataValidationError(f"{path}, line {reader.line_num}", str(exc), "well-formed CSV") from None
+            chunk = self._handle.read(64 * 1024)
+            if chunk and not chunk.endswith(b"\n"):
+                chunk += self._handle.readline()
+            if not chunk:
+                return chunk
+            lower = chunk.lower()
+            if (chunk[:1] in b"\r\n" or b"\n\n" in chunk or b"\n\r\n" in chunk or _END_OF_COPY in chunk
+                    or any(word in lower for word in _RELATIVE_WORDS)):
+                return self._checked(chunk)
+            lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+            self._sent += lines
+            self._file_line += lines
+            return chunk
+        except Exception as exc:  # psycopg2 would report a generic ".read() call" error
+            self.error = exc
+            raise
+
+    def _checked(self, chunk: bytes) -> bytes:
+        kept = []
+        for line in chunk.splitlines(keepends=True):
+            self._file_line += 1
+            stripped = line.rstrip(b"\r\n")
+            if not stripped:  # blank: COPY would read it as a row of one empty field
+                self._marks.append(self._sent + 1)
+                self._offsets.append(self._file_line - 1 - self._sent)
+                continue
+            where = f"{self._path}, line {self._file_line}"
+            if stripped == _END_OF_COPY:
+                raise DataValidationError(where, "\\.", "a price row (\\. would end the COPY early)")
+            lower = stripped.lower()
+            if any(word in lower for word in _RELATIVE_WORDS):
+                record = next(csv.reader([stripped.decode("utf-8", "replace")]), [])
+                if self._timestamp_at < len(record):
+                    value = record[self._timestamp_at]
+                    if any(word.decode() in value.lower() for word in _RELATIVE_WORDS):
+                        raise DataValidationError(f"{where}: timestamp", value,
+                                                  "a point in time, not one relative to the load")
+            self._sent += 1
+            kept.append(line)
+        return b"".join(kept)
+
+    def file_line(self, copy_line: int) -> int:
+        """The file line of COPY's data line ``copy_line`` (1-based)."""
+        at = bisect.bisect_right(self._marks, copy_line) - 1
+        return copy_line + 1 + (self._offsets[at] if at >= 0 else 0)
+
+
+def _csv_header(handle, path: str) -> list[str] | None:
+    """The column names of the header line (BOM, spaces and case ignored), or ``None`` for an empty file."""
+    first = handle.readline()
+    if not first:
+        return None
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}, line 1", exc.object[exc.start:exc.end], "UTF-8 text") from None
+    header = [name.strip().lower() for name in next(csv.reader([text]), [])]
+    required = [c for c in PRICE_COLUMNS if c != "interval"]
+    if len(set(header)) != len(header) or not set(required) <= set(header) or not set(header) <= set(PRICE_COLUMNS):
+        raise DataValidationError(f"{path}, line 1: header", header,
+                                  f"the columns {', '.join(PRICE_COLUMNS)} (interval optional), once each")
+    return header
+
+
+def _csv_line(path: str, number: int) -> str | None:
+    """Line ``number`` of a regular file, for an error message; ``None`` for a FIFO (it cannot be read twice)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        for line in itertools.islice(handle, number - 1, number):
+            return line.decode("utf-8", "replace").rstrip("\r\n")
+    return None
+
+
+def _csv_error(exc: psycopg2.Error, path: str, body: _CsvBody, header: list[str]) -> DataValidationError | None:
+    """The server's refusal of a CSV line as a ``DataValidationError`` naming file, line and field.
+
+    Bad values (SQLSTATE class 22), missing ones (23502) and broken rules
+    (23514) are the file's fault; anything else (a duplicate bar, a lost
+    connection) is left to the usual translation. The line is validated again
+    in Python when the file can be re-read, so the message is the one a row
+    would get; otherwise it is built from the server's.
+    """
+    code = exc.pgcode or ""
+    found = _COPY_ERROR.search(getattr(exc.diag, "context", None) or "")
+    if not found or not (code.startswith("22") or code in ("23502", "23514")):
+        return None
+    line, column, quoted = body.file_line(int(found.group(1))), found.group(2), found.group(3)
+    where = f"{path}, line {line}"
+    text = _csv_line(path, line)
+    record = next(csv.reader([text]), []) if text is not None else None
+    if code == "22021":  # invalid byte sequence
+        return DataValidationError(where, text if text is not None else quoted, "UTF-8 text")
+    if record is not None and len(record) != len(header):
+        return DataValidationError(where, text, f"{len(header)} fields ({', '.join(header)})")
+    if record is not None:
+        try:
+            _price_row(dict(zip(header, record)), where)
+        except DataValidationError as error:
+            return error
+    rule = exc.diag.constraint_name
+    return DataValidationError(f"{where}: {column}" if column else where, quoted if quoted is not None else text,
+                               f"a row within the rule {rule}" if rule else exc.diag.message_primary)
 
 
 _SYMBOL_RE = re.compile(SYMBOL_PATTERN)
@@ -409,8 +511,8 @@ def _copy_lines(records: Iterable[tuple[Any, Any]]) -> Iterator[str]:
 _COPY_COLUMNS = ", ".join(f'"{c}"' for c in PRICE_COLUMNS)
 
 
-def _copy(db, sql: str, stream: _CopyStream) -> None:
-    """Run ``COPY ... FROM STDIN`` of ``stream`` on the session's connection.
+def _copy(db, sql: str, stream) -> int:
+    """Run ``COPY ... FROM STDIN`` of ``stream`` on the session's connection; returns the rows copied.
 
     A validation error raised while the stream was read is re-raised as
     itself (psycopg2 would report a generic ".read() call" error instead).
@@ -418,6 +520,7 @@ def _copy(db, sql: str, stream: _CopyStream) -> None:
     cursor = db.connection().cursor()
     try:
         cursor.copy_expert(sql, stream, size=64 * 1024)
+        return cursor.rowcount
     except psycopg2.Error:
         if stream.error is not None:
             raise stream.error from None
@@ -425,6 +528,10 @@ def _copy(db, sql: str, stream: _CopyStream) -> None:
     finally:
         cursor.close()
 
+
+_CSV_SETTINGS = ("SELECT current_setting('timezone'), current_setting('datestyle'), "
+                 "set_config('timezone', 'UTC', true), set_config('datestyle', 'ISO, YMD', true)")
+_CSV_RESTORE = "SELECT set_config('timezone', %s, true), set_config('datestyle', %s, true)"
 
 # upsert_many's staging table: no index, no WAL, dropped at the end of the call
 # (ON COMMIT DROP too, in case the caller's transaction outlives an error).
@@ -538,35 +645,62 @@ class PriceRepository(BaseRepository[Price]):
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
-        :data:`PRICE_COLUMNS` order) or the path of a UTF-8 CSV file whose
-        header names the columns (a FIFO such as ``/dev/stdin`` works too).
-        Rows are validated and streamed as they are read, so a file of any
-        size is never held in memory. Insert-only: a bar that already exists
-        is an ``IntegrityViolation`` (use :meth:`upsert_many` to update). All
-        or nothing: a bad row aborts the whole load with a
-        ``DataValidationError`` naming the file and line (or the row number of
-        an iterable) and the field. ``OSError`` if the file cannot be read.
+        :data:`PRICE_COLUMNS` order), validated in Python as they are read, or
+        the path of a UTF-8 CSV file (a FIFO such as ``/dev/stdin`` works
+        too). Either way the data is streamed, so a file of any size is never
+        held in memory. Insert-only: a bar that already exists is an
+        ``IntegrityViolation`` (use :meth:`upsert_many` to update). All or
+        nothing: a bad row aborts the whole load with a ``DataValidationError``
+        naming the row number, or the file and line, and the field.
+
+        A CSV file's header names the columns (any order, ``interval``
+        optional: ``'1m'``); its body goes to the server untouched, which
+        parses it and holds every row to the table's constraints -- the same
+        rules as validation. Values are read as PostgreSQL reads them:
+        timestamps in ISO 8601 or another unambiguous form (naive ones are
+        UTC; ``01/02/2024`` is refused as ambiguous, and so are ``now``,
+        ``today``, ``tomorrow`` and ``yesterday``), numbers with at most 8
+        decimals kept (more are rounded). Blank lines are skipped. ``OSError``
+        if the file cannot be read.
         """
         if isinstance(rows_or_csv_path, (str, os.PathLike)):
             path = os.fspath(rows_or_csv_path)
             if isinstance(path, bytes):
                 path = os.fsdecode(path)
             _text("rows_or_csv_path", path, 4096)
-            os.stat(path)  # a missing file fails here, before a transaction (FIFOs are fine)
-            records: Iterable = _csv_records(path)
-        elif isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
+            return self._copy_csv(path)
+        if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
             # Iterating a query runs it: before the session there is no connection, and
             # inside it the connection is busy with this COPY.
             raise DataValidationError("rows_or_csv_path", rows_or_csv_path,
                                       "rows, not a query: read it first (list(query)), or use bulk_create")
-        elif isinstance(rows_or_csv_path, Iterable) and not isinstance(rows_or_csv_path, (bytes, Mapping)):
-            records = enumerate(rows_or_csv_path, 1)
-        else:
+        if not isinstance(rows_or_csv_path, Iterable) or isinstance(rows_or_csv_path, (bytes, Mapping)):
             raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
-        stream = _CopyStream(_copy_lines(records))
+        stream = _CopyStream(_copy_lines(enumerate(rows_or_csv_path, 1)))
         with self.session("copy_from") as db:
             _copy(db, f"COPY prices ({_COPY_COLUMNS}) FROM STDIN", stream)
         return stream.rows
+
+    def _copy_csv(self, path: str) -> int:
+        with open(path, "rb") as handle:  # before the session: a missing file is an OSError, no transaction
+            header = _csv_header(handle, path)
+            if header is None:
+                return 0
+            body = _CsvBody(handle, path, header)
+            columns = ", ".join(f'"{c}"' for c in header)
+            with self.session("copy_from") as db:
+                # Naive timestamps are UTC and day-first/month-first dates are refused, whatever the
+                # caller's session set (restored after: inside a caller's transaction SET LOCAL lasts).
+                settings = db.execute_sql(_CSV_SETTINGS).fetchone()
+                try:
+                    count = _copy(db, f"COPY prices ({columns}) FROM STDIN WITH (FORMAT csv)", body)
+                except psycopg2.Error as exc:
+                    error = _csv_error(exc, path, body, header)
+                    if error is None:
+                        raise
+                    raise error from exc
+                db.execute_sql(_CSV_RESTORE, settings[:2])
+        return count
 
     def resample(self, symbol: str, start, end, bucket="1 hour", interval: str = "1m") -> list[PriceBar]:
         """OHLCV bars of width ``bucket`` built in SQL from the ``interval`` bars in ``[start, end)``.

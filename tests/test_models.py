@@ -277,6 +277,15 @@ ORDER_SQL = ("INSERT INTO orders (order_id, symbol, order_type, side, quantity, 
      "VALUES ('AA PL', '2024-01-01T00:00Z', 1, 1, 1, 1, 1)", None, "prices_symbol_check"),
     ("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume, interval) "
      "VALUES ('AAPL', '2024-01-01T00:00Z', 1, 1, 1, 1, 1, '1x')", None, "prices_interval_check"),
+    # A bar a Python datetime cannot hold would make every read that returns it fail.
+    pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
+                 "VALUES ('AAPL', 'infinity', 1, 1, 1, 1, 1)", None, "prices_timestamp_check", id="infinity"),
+    pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
+                 "VALUES ('AAPL', '10000-01-01T00:00Z', 1, 1, 1, 1, 1)", None, "prices_timestamp_check",
+                 id="year-10000"),
+    pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
+                 "VALUES ('AAPL', '0001-01-01T00:00Z'::timestamptz - interval '1 second', 1, 1, 1, 1, 1)", None,
+                 "prices_timestamp_check", id="before-year-1"),
     (ORDER_SQL, ("market", "NaN", None, 0, "pending"), "orders_nan_check"),
     ("INSERT INTO sentiment_scores (article_id, score, confidence, model) VALUES (%(article)s, 2, 0.5, 'm')",
      None, "sentiment_scores_score_check"),

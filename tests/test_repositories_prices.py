@@ -346,12 +346,32 @@ def test_copy_from_bad_csv_line_aborts_whole_load(prices, raw, tmp_path):
     assert count_rows(raw, "prices") == 0
 
 
+HEADER = "symbol,timestamp,open,high,low,close,volume\n"
+GOOD = "AAA,2024-01-02T00:00:00Z,1,2,1,2,3\n"
+
+
 @pytest.mark.parametrize("content, where", [
     ("symbol,timestamp,open,high,low,close\n", "line 1: header"),
     ("symbol,timestamp,open,high,low,close,volume,colour\n", "line 1: header"),
-    ("symbol,timestamp,open,high,low,close,volume\nAAA,2024-01-02T00:00:00Z,1,2,1,2,3\nAAA,2024-01-02\n",
-     "line 3"),
-    ("symbol,timestamp,open,high,low,close,volume\n\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 3: volume"),
+    ("symbol,timestamp,symbol,open,high,low,close,volume\n", "line 1: header"),
+    (HEADER + GOOD + "AAA,2024-01-02\n", "line 3"),
+    (HEADER + "AAA,2024-01-02,1,2,1,2,3,4\n", "line 2"),
+    (HEADER + "\n\r\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 4: volume"),
+    # What PostgreSQL's input would take but a bar must not be: relative or infinite times,
+    # years a Python datetime cannot hold, day/month order left to a server setting.
+    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "now"), "line 2: timestamp"),
+    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", " Today"), "line 2: timestamp"),
+    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "infinity"), "line 2: timestamp"),
+    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "10000-01-01"), "line 2: timestamp"),
+    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "01/02/2024"), "line 2: timestamp"),
+    (HEADER + "AAA,2024-01-02,NaN,NaN,NaN,NaN,NaN\n", "line 2: open"),
+    (HEADER + "AAA,2024-01-02,1,Infinity,1,2,3\n", "line 2: high"),
+    (HEADER + "AAA,2024-01-02,1,99999999999999999,1,2,3\n", "line 2: high"),
+    (HEADER + "AAA,2024-01-02,,2,1,2,3\n", "line 2: open"),
+    (HEADER + "AA A,2024-01-02,1,2,1,2,3\n", "line 2: symbol"),
+    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,1x\n", "line 2: interval"),
+    # COPY's end-of-data marker would silently drop the rest of the file.
+    (HEADER + GOOD + "\\.\n" + GOOD.replace("00:00:00", "00:01:00"), "line 3"),
 ])
 def test_copy_from_reports_file_and_line(prices, raw, tmp_path, content, where):
     path = tmp_path / "in.csv"
@@ -360,6 +380,114 @@ def test_copy_from_reports_file_and_line(prices, raw, tmp_path, content, where):
         prices.copy_from(path)
     assert f"{path}, {where}" in str(info.value)
     assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes((HEADER + GOOD).encode() + "BÉB,2024-01-02,1,2,1,2,3\n".encode("latin-1"))
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(path)
+    assert info.value.field == f"{path}, line 3" and info.value.expected == "UTF-8 text"
+    assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_csv_counts_lines_across_chunks_and_blank_lines(prices, raw, tmp_path):
+    """Blank lines are skipped, and a bad line far past the first 64 KiB read is still named exactly."""
+    rows = [bar("AAA", m) for m in range(3_000)]
+    lines = [f"AAA,{r['timestamp'].isoformat()},{r['open']},{r['high']},{r['low']},{r['close']},{r['volume']}"
+             for r in rows]
+    good = HEADER + "\n".join(line + ("\n\r" if i % 700 == 0 else "") for i, line in enumerate(lines)) + "\n\n"
+    path = tmp_path / "blank.csv"
+    path.write_text(good, encoding="utf-8")
+    assert prices.copy_from(path) == 3_000
+    assert stored(raw) == sorted(as_tuple(r) for r in rows)
+    with marketstore.get_db_session() as db:
+        db.execute_sql("TRUNCATE prices")
+    text = good.splitlines(keepends=True)
+    bad_at = next(i for i in range(2_800, len(text)) if text[i].startswith("AAA"))
+    text[bad_at] = text[bad_at].replace("AAA", "A A", 1)
+    path.write_text("".join(text), encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(path)
+    assert info.value.field == f"{path}, line {bad_at + 1}: symbol"
+    assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_csv_reads_naive_times_as_utc_whatever_the_session_says(prices, raw, tmp_path):
+    path = tmp_path / "naive.csv"
+    path.write_text(HEADER + "AAA,2024-01-02 10:00:00,1,2,1,2,3\nAAA,2024-01-02 10:00:00-05:00,1,2,1,2,3\n"
+                    .replace("AAA,2024-01-02 10:00:00-05:00", "BBB,2024-01-02 10:00:00-05:00"), encoding="utf-8")
+    with marketstore.get_db_session() as db:
+        db.execute_sql("SET LOCAL timezone = 'America/New_York'")
+        db.execute_sql("SET LOCAL datestyle = 'SQL, DMY'")
+        assert prices.copy_from(path) == 2
+        # The caller's settings are back once copy_from returns.
+        assert db.execute_sql("SELECT current_setting('timezone'), current_setting('datestyle')").fetchone() \
+            == ("America/New_York", "SQL, DMY")
+    assert [(s, ts) for s, _, ts, *_ in stored(raw)] == [
+        ("AAA", dt.datetime(2024, 1, 2, 10, tzinfo=UTC)), ("BBB", dt.datetime(2024, 1, 2, 15, tzinfo=UTC))]
+
+
+def test_copy_from_csv_takes_a_symbol_that_spells_a_relative_word(prices, raw, tmp_path):
+    path = tmp_path / "now.csv"
+    path.write_text("Symbol, TIMESTAMP ,open,high,low,close,volume\r\n"
+                    "NOW,2024-01-02T00:00:00Z,1,2,1,2,3\r\nSNOW,2024-01-02T00:00:00Z,1,2,1,2,3\r\n",
+                    encoding="utf-8-sig")  # a BOM, spaces and capitals in the header
+    assert prices.copy_from(path) == 2
+    assert [s for s, *_ in stored(raw)] == ["NOW", "SNOW"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_copy_from_fifo_error_quotes_the_line_the_server_refused(prices, raw, tmp_path):
+    path = tmp_path / "bad.fifo"
+    os.mkfifo(path)
+
+    def writer():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(HEADER + GOOD + "AAA,2024-01-03T00:00:00Z,3,2,1,2,3\n")
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DataValidationError) as info:
+            prices.copy_from(path)
+    finally:
+        thread.join(10)
+    assert info.value.field == f"{path}, line 3"
+    assert info.value.value == "AAA,2024-01-03T00:00:00Z,3,2,1,2,3"
+    assert "prices_ohlc_check" in info.value.expected
+    assert count_rows(raw, "prices") == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 10**15), st.integers(0, 10**8), st.integers(0, 10**8),
+                          st.integers(0, 10**8), st.integers(0, 10**12), st.integers(0, 8),
+                          st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+                                       timezones=st.sampled_from([None, UTC, dt.timezone(dt.timedelta(hours=-5))]))),
+                min_size=1, max_size=20))
+def test_copy_from_csv_stores_what_copy_from_rows_stores(prices, raw, tmp_path, bars):
+    """The server parsing the file and Python validating the rows agree on every value."""
+    rows = []
+    for i, (low, a, b, span, volume, scale, ts) in enumerate(bars):
+        low = Decimal(low + 1).scaleb(-scale)
+        high = low + Decimal(span).scaleb(-scale)
+        rows.append({"symbol": f"S{i}", "timestamp": ts, "low": low, "high": high,
+                     "open": min(low + Decimal(a).scaleb(-scale), high),
+                     "close": min(low + Decimal(b).scaleb(-scale), high),
+                     "volume": Decimal(volume).scaleb(-scale), "interval": "1m"})
+    path = tmp_path / "generated.csv"
+    write_csv(path, rows)
+    with marketstore.get_db_session() as db:
+        db.execute_sql("TRUNCATE prices")
+        assert prices.copy_from(path) == len(rows)
+        from_file = db.execute_sql('SELECT symbol, "timestamp", open, high, low, close, volume FROM prices '
+                                   "ORDER BY symbol").fetchall()
+        db.execute_sql("TRUNCATE prices")
+        assert prices.copy_from(rows) == len(rows)
+        from_rows = db.execute_sql('SELECT symbol, "timestamp", open, high, low, close, volume FROM prices '
+                                   "ORDER BY symbol").fetchall()
+        db.execute_sql("TRUNCATE prices")
+    assert from_file == from_rows
 
 
 def test_copy_from_bad_row_in_iterable_names_row(prices, raw):
