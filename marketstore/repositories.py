@@ -24,9 +24,11 @@ from __future__ import annotations
 import bisect
 import csv
 import datetime as dt
+import gc
 import itertools
 import os
 import re
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
@@ -196,6 +198,7 @@ PRICE_ROW_COLUMNS = tuple(f.column_name for f in _PRICE_FIELDS)
 _PRICE_NAMES = tuple(f.name for f in _PRICE_FIELDS)
 _PRICE_SELECT = ", ".join(f'"{c}"' for c in PRICE_ROW_COLUMNS)
 _TIMESTAMP_AT = PRICE_ROW_COLUMNS.index("timestamp")
+_SYMBOL_AT = PRICE_ROW_COLUMNS.index("symbol")
 
 
 def _utc_rows(rows: list[tuple]) -> list[tuple]:
@@ -224,13 +227,34 @@ def _price_models(rows: list[tuple]) -> list[Price]:
     """
     new, names, out = Price.__new__, _PRICE_NAMES, []
     append = out.append
-    for row in _utc_rows(rows):
-        obj = new(Price)
-        obj.__data__ = dict(zip(names, row))
-        obj._dirty = set()
-        obj.__rel__ = {}
-        append(obj)
+    with _no_gc():
+        for row in _utc_rows(rows):
+            obj = new(Price)
+            obj.__data__ = dict(zip(names, row))
+            obj._dirty = set()
+            obj.__rel__ = {}
+            append(obj)
     return out
+
+
+@contextmanager
+def _no_gc():
+    """Pause the cyclic garbage collector while many long-lived objects are built.
+
+    Each instance and its ``_dirty`` set are tracked containers that all
+    survive, so the collector would run again and again over them (and over
+    everything else the process holds) without freeing anything: measured
+    here, a third of the time of building 100,000 models. Nothing built
+    here forms a cycle. Process-wide, so it only re-enables what it disabled.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _price_row(data, where: str) -> dict:
@@ -595,7 +619,10 @@ class PriceRepository(BaseRepository[Price]):
         """
         if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
             raise DataValidationError("symbols", symbols, "a list of symbols")
-        wanted = list(dict.fromkeys(_text(f"symbols[{i}]", s, 32) for i, s in enumerate(symbols)))
+        # A symbol matching the pattern passes every _text rule; others are checked (and match nothing).
+        valid = _SYMBOL_RE.fullmatch
+        wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else _text(f"symbols[{i}]", s, 32)
+                                    for i, s in enumerate(symbols)))
         if len(wanted) > MAX_SYMBOLS:
             raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
         interval = _interval(interval)
@@ -607,7 +634,7 @@ class PriceRepository(BaseRepository[Price]):
                '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
         with self.session("latest_for_symbols") as db:
             rows = db.execute_sql(sql, (wanted, interval)).fetchall()
-        return {bar.symbol: bar for bar in _price_models(rows)}
+        return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
 
     def upsert_many(self, rows: Iterable[Mapping[str, Any]], batch_size: int = 1000) -> int:
         """Insert ``rows``, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
