@@ -166,6 +166,18 @@ def test_get_range_and_latest_build_the_same_instances_as_peewee(prices):
     assert_same_instances([latest["BBB"]], [prices.latest("BBB", interval="1d")])
 
 
+def test_building_models_leaves_the_garbage_collector_as_it_found_it(prices):
+    import gc
+    prices.upsert_many([bar("AAA", m) for m in range(3)])
+    assert gc.isenabled()
+    assert len(prices.get_range("AAA", T0, T0 + 10 * MINUTE)) == 3 and gc.isenabled()
+    gc.disable()  # the caller's choice is kept, not overridden
+    try:
+        assert len(prices.latest_for_symbols(["AAA"])) == 1 and not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_get_range_as_tuples_is_the_fast_path_in_documented_order(prices):
     from marketstore.repositories import PRICE_ROW_COLUMNS
     rows = random_bars(random.Random(9), "AAA", 50)
