@@ -24,7 +24,7 @@ from .errors import (
     PoolExhaustedError,
     _driver_error,
 )
-from .ingest import file_size, load_articles, load_prices, read_articles, read_prices
+from .ingest import file_size, load_articles, load_price_file, read_articles
 from .migrations import DatabaseMigration, grant_application_role
 from .models import ORDER_STATUSES, SIGNAL_TYPES
 from .output import FORMATS, render
@@ -270,7 +270,9 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
 
     The header is symbol,timestamp,open,high,low,close,volume[,interval], in
     any order; timestamps are ISO-8601, UTC unless they carry an offset. The
-    whole file loads in one transaction: a bad line loads nothing.
+    whole file loads in one transaction: a bad line loads nothing. A bar
+    already stored, or twice in the file, is refused; with --upsert it is
+    updated (twice in the file: the last one wins).
 
     \b
     Example:
@@ -280,12 +282,14 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
     started = time.perf_counter()
     try:
         with _progress(file, "prices") as tick:
-            count = load_prices(read_prices(file, interval, tick), upsert=upsert)
+            count = load_price_file(file, interval, upsert, tick)
     except IntegrityViolation as exc:
         key = re.search(r"=\((.*)\) already exists", str(exc))
+        line = re.search(r", (line \d+): ", str(exc))
         bar = f"the bar ({key.group(1)})" if key else f"a bar ({exc})"
-        raise click.ClickException(f"{file}: {bar} is already stored; use --upsert to update "
-                                   "existing bars (nothing was loaded)") from exc
+        raise click.ClickException(f"{file}: {line.group(1) + ': ' if line else ''}{bar} is already stored or "
+                                   "appears earlier in the file; use --upsert to update existing bars "
+                                   "(nothing was loaded)") from exc
     verb = "Inserted or updated" if upsert else "Loaded"
     click.echo(f"{verb} {count:,} price bars from {file} in {time.perf_counter() - started:.1f} s.")
 

@@ -1,9 +1,11 @@
 """Bulk loading from files: price bars from CSV, articles from JSON Lines.
 
-Every row is validated as it is read (the models' own rules), and a bad one
-stops the load with a :class:`FileFormatError` naming the file, the line and
-the field. The whole file is loaded in one transaction, so a file that fails
-on its last line leaves nothing behind.
+Every row is held to the models' rules, and a bad one stops the load with a
+:class:`FileFormatError` naming the file, the line and the field. The whole
+file is loaded in one transaction, so a file that fails on its last line
+leaves nothing behind. A price file goes to ``PriceRepository.copy_from``,
+which streams it to the server's COPY; with ``upsert`` it is read here and
+passed to ``upsert_many``.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 from decimal import Decimal
 from itertools import islice
 from typing import Callable, Iterable, Iterator
@@ -18,11 +21,10 @@ from typing import Callable, Iterable, Iterator
 from .connection import get_db_session
 from .errors import DataValidationError, MarketstoreError
 from .models import Article, Price
-from .repositories import PRICE_COLUMNS as REPOSITORY_PRICE_COLUMNS, ArticleRepository, PriceRepository
+from .repositories import PRICE_COLUMNS as REPOSITORY_PRICE_COLUMNS, PRICE_HEADER, ArticleRepository, PriceRepository
 
 # The required columns of a price file: the repository's, interval being optional.
 PRICE_COLUMNS = tuple(c for c in REPOSITORY_PRICE_COLUMNS if c != "interval")
-PRICE_HEADER = ",".join(PRICE_COLUMNS) + "[,interval]"
 ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
 # Set by the database: a client must not choose when we learnt of an article (point in time).
 ARTICLE_READ_ONLY = {"id": "assigned by the database", "ingested_at": "set by the database on insert"}
@@ -43,7 +45,7 @@ class FileFormatError(MarketstoreError, ValueError):
 
 def _bad_value(path: str, line: int, exc: DataValidationError) -> FileFormatError:
     field = exc.field.split("[")[0]  # "symbols[2]" -> "symbols"
-    if exc.value is None:
+    if exc.value is None or exc.value == "":
         return FileFormatError(path, line, field, f"missing, expected {exc.expected}")
     value = exc.value
     if isinstance(value, (Decimal, dt.datetime)):  # already parsed: show it as the file wrote it
@@ -78,15 +80,50 @@ def file_size(path: str) -> int | None:
         return None
 
 
+def _file_error(path: str, exc: DataValidationError) -> MarketstoreError:
+    """``copy_from``'s error for ``path`` ("<path>, line N[: field]") as a :class:`FileFormatError`."""
+    found = re.fullmatch(r"line (\d+)(?:: (.+))?", exc.field[len(path) + 2:]) \
+        if exc.field.startswith(f"{path}, ") else None
+    if found is None:
+        return exc  # a parameter, not the file
+    line, field = int(found.group(1)), found.group(2)
+    if field is not None:
+        return _bad_value(path, line, DataValidationError(field, exc.value, exc.expected))
+    return FileFormatError(path, line, None, f"got {exc.value!r}, expected {exc.expected}")
+
+
+def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progress: Progress | None = None) -> int:
+    """Load the price CSV file ``path`` in one transaction; returns the number of bars written.
+
+    Header ``symbol,timestamp,open,high,low,close,volume[,interval]`` (any
+    order); rows without an interval column get ``interval``. New bars go
+    through ``PriceRepository.copy_from`` (COPY, streamed: memory stays flat
+    whatever the file's size; a bar already stored or repeated in the file is
+    an ``IntegrityViolation`` naming the line). With ``upsert``, rows are read
+    and validated here and written by ``upsert_many`` (a bar repeated in the
+    file: the last one wins). Raises :class:`FileFormatError` at the first bad
+    line.
+    """
+    if upsert:
+        return load_prices(read_prices(path, interval, progress), upsert=True)
+    if file_size(path) == 0 and os.path.isfile(path):  # copy_from takes it as no rows; a user meant something
+        raise FileFormatError(path, None, None, f"empty file: expected the header {PRICE_HEADER}")
+    try:
+        return PriceRepository().copy_from(path, interval=interval, progress=progress)
+    except DataValidationError as exc:
+        raise _file_error(path, exc) from None
+    except OSError as exc:
+        raise FileFormatError(path, None, None, f"cannot read the file ({exc.strerror})") from None
+
+
 def read_prices(path: str, interval: str = "1m", progress: Progress | None = None) -> Iterator[dict]:
-    """Yield the validated price rows of CSV file ``path``.
+    """Yield the validated price rows of CSV file ``path`` (for ``upsert_many``).
 
     Header ``symbol,timestamp,open,high,low,close,volume[,interval]`` (any order);
     rows without an interval column get ``interval``. Timestamps are ISO-8601,
-    naive ones UTC. Raises :class:`FileFormatError` at the first bad line,
-    including a bar that repeats an earlier (symbol, interval, timestamp).
+    naive ones UTC. Raises :class:`FileFormatError` at the first bad line.
+    Memory stays flat: nothing is kept of the rows already yielded.
     """
-    seen: dict[tuple, int] = {}
     with _open(path) as stream:
         reader = csv.reader(_decoded_lines(stream, path, progress))
         try:
@@ -121,11 +158,6 @@ def read_prices(path: str, interval: str = "1m", progress: Progress | None = Non
                 row = Price.validate(data)
             except DataValidationError as exc:
                 raise _bad_value(path, line, exc) from None
-            key = (row["symbol"], row["interval"], row["timestamp"])
-            if key in seen:
-                raise FileFormatError(path, line, "timestamp", f"{row['symbol']} {row['interval']} bar at "
-                                      f"{row['timestamp'].isoformat()} repeats line {seen[key]}")
-            seen[key] = line
             yield row
 
 

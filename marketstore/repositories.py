@@ -30,13 +30,13 @@ import os
 import re
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import peewee
 import psycopg2
 from peewee import JOIN, SQL, Expression, fn
 
-from .errors import DataValidationError, NotFoundError
+from .errors import DataValidationError, IntegrityViolation, MarketstoreError, NotFoundError
 from .models import (
     INTERVAL_PATTERN,
     ORDER_STATUSES,
@@ -189,6 +189,8 @@ class PriceBar(NamedTuple):
 
 PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
 """Column order of ``copy_from`` sequences and CSV rows (``interval`` may be left out)."""
+PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval]"
+"""The header of a price CSV file, for messages (any column order)."""
 
 _PRICE_KEY = ("symbol", "interval", "timestamp")
 
@@ -257,10 +259,11 @@ def _no_gc():
         gc.enable()
 
 
-def _price_row(data, where: str) -> dict:
+def _price_row(data, where: str, interval: str = Price.interval.default) -> dict:
     """Validate one input row (a mapping or a sequence in ``PRICE_COLUMNS`` order).
 
-    ``where`` ("row 3", "prices.csv, line 4") prefixes the field in any error.
+    ``where`` ("row 3", "prices.csv, line 4") prefixes the field in any error;
+    a row without an interval gets ``interval``.
     """
     if isinstance(data, Mapping):
         row = dict(data)
@@ -276,7 +279,7 @@ def _price_row(data, where: str) -> dict:
         row = Price.validate(row)
     except DataValidationError as exc:
         raise DataValidationError(f"{where}: {exc.field}", exc.value, exc.expected) from None
-    row.setdefault("interval", Price.interval.default)
+    row.setdefault("interval", interval)
     return row
 
 
@@ -310,6 +313,7 @@ class _CopyStream:
 # PostgreSQL reads these timestamps as the time of the load, not of the bar.
 _RELATIVE_WORDS = (b"now", b"today", b"tomorrow", b"yesterday")
 _END_OF_COPY = b"\\."  # alone on a line, it ends COPY's data: the rest of the file would be dropped
+_LINE_END = re.compile(rb"\r?\n")
 _COPY_ERROR = re.compile(r'COPY prices, line (\d+)(?:, column (\w+))?(?:: "(.*)")?', re.DOTALL)
 
 
@@ -324,8 +328,12 @@ class _CsvBody:
     none of them -- the common case -- is passed on untouched.
     """
 
-    def __init__(self, handle, path: str, header: list[str]):
-        self._handle, self._path = handle, path
+    def __init__(self, handle, path: str, header: list[str], interval: str | None = None, progress=None):
+        self._handle, self._path, self._progress = handle, path, progress
+        # A file without an interval column, loaded with another interval than the column
+        # default: each line gets it appended (after blank lines are dropped).
+        self.interval = interval
+        self._suffix = None if interval is None else f",{interval}".encode()
         self._timestamp_at = header.index("timestamp")
         self._sent = 0  # data lines handed to COPY
         self._file_line = 1  # last file line read (the header is line 1)
@@ -340,13 +348,20 @@ class _CsvBody:
                 chunk += self._handle.readline()
             if not chunk:
                 return chunk
+            if self._progress is not None:
+                self._progress(len(chunk))
             lower = chunk.lower()
             if (chunk[:1] in b"\r\n" or b"\n\n" in chunk or b"\n\r\n" in chunk or _END_OF_COPY in chunk
                     or any(word in lower for word in _RELATIVE_WORDS)):
-                return self._checked(chunk)
-            lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-            self._sent += lines
-            self._file_line += lines
+                chunk = self._checked(chunk)
+            else:
+                lines = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+                self._sent += lines
+                self._file_line += lines
+            if self._suffix is not None and chunk:
+                chunk = _LINE_END.sub(self._suffix + b"\\g<0>", chunk)
+                if not chunk.endswith(b"\n"):
+                    chunk += self._suffix
             return chunk
         except Exception as exc:  # psycopg2 would report a generic ".read() call" error
             self.error = exc
@@ -392,10 +407,15 @@ def _csv_header(handle, path: str) -> list[str] | None:
     except UnicodeDecodeError as exc:
         raise DataValidationError(f"{path}, line 1", exc.object[exc.start:exc.end], "UTF-8 text") from None
     header = [name.strip().lower() for name in next(csv.reader([text]), [])]
-    required = [c for c in PRICE_COLUMNS if c != "interval"]
-    if len(set(header)) != len(header) or not set(required) <= set(header) or not set(header) <= set(PRICE_COLUMNS):
-        raise DataValidationError(f"{path}, line 1: header", header,
-                                  f"the columns {', '.join(PRICE_COLUMNS)} (interval optional), once each")
+    for position, name in enumerate(header):
+        if name not in PRICE_COLUMNS:
+            raise DataValidationError(f"{path}, line 1: {name or f'column {position + 1}'}", name,
+                                      f"a column of the header {PRICE_HEADER}")
+        if header.index(name) != position:
+            raise DataValidationError(f"{path}, line 1: {name}", name, "each column once")
+    for name in PRICE_COLUMNS:
+        if name not in header and name != "interval":
+            raise DataValidationError(f"{path}, line 1: {name}", None, f"a column of the header {PRICE_HEADER}")
     return header
 
 
@@ -409,23 +429,30 @@ def _csv_line(path: str, number: int) -> str | None:
     return None
 
 
-def _csv_error(exc: psycopg2.Error, path: str, body: _CsvBody, header: list[str]) -> DataValidationError | None:
-    """The server's refusal of a CSV line as a ``DataValidationError`` naming file, line and field.
+def _csv_error(exc: psycopg2.Error, path: str, body: _CsvBody, header: list[str]) -> MarketstoreError | None:
+    """The server's refusal of a CSV line as an error naming the file, the line and the field.
 
     Bad values (SQLSTATE class 22), missing ones (23502) and broken rules
-    (23514) are the file's fault; anything else (a duplicate bar, a lost
-    connection) is left to the usual translation. The line is validated again
-    in Python when the file can be re-read, so the message is the one a row
-    would get; otherwise it is built from the server's.
+    (23514) are the file's fault: a ``DataValidationError``. The line is
+    validated again in Python when the file can be re-read, so the message is
+    the one a row would get; otherwise it is built from the server's. A bar
+    already stored, or repeated in the file, is an ``IntegrityViolation``
+    naming the line. Anything else (a lost connection...) is left to the
+    usual translation.
     """
     code = exc.pgcode or ""
     found = _COPY_ERROR.search(getattr(exc.diag, "context", None) or "")
-    if not found or not (code.startswith("22") or code in ("23502", "23514")):
+    if not found or not (code.startswith("22") or code in ("23502", "23505", "23514")):
         return None
     line, column, quoted = body.file_line(int(found.group(1))), found.group(2), found.group(3)
     where = f"{path}, line {line}"
+    if code == "23505":
+        return IntegrityViolation(f"{where}: {exc.diag.message_primary} ({exc.diag.message_detail}): the bar is "
+                                  "already stored, or appears earlier in the file")
     text = _csv_line(path, line)
     record = next(csv.reader([text]), []) if text is not None else None
+    if record is not None and body.interval is not None:
+        record.append(body.interval)  # appended by _CsvBody, as the server saw it
     if code == "22021":  # invalid byte sequence
         return DataValidationError(where, text if text is not None else quoted, "UTF-8 text")
     if record is not None and len(record) != len(header):
@@ -459,7 +486,7 @@ def _copy_line(row: dict) -> str:
             f"{row['low']}\t{row['close']}\t{row['volume']}\t{row['interval']}\n")
 
 
-def _fast_copy_line(data, symbols: set, intervals: set) -> str | None:
+def _fast_copy_line(data, symbols: set, intervals: set, default: str = _DEFAULT_INTERVAL) -> str | None:
     """The COPY line of the common, valid row, or ``None``: then :func:`_price_row` decides.
 
     Accepts only a ``dict`` of exactly the price columns (``interval``
@@ -480,7 +507,7 @@ def _fast_copy_line(data, symbols: set, intervals: set) -> str | None:
         if size == 8:
             iv = data["interval"]
         elif size == 7:
-            iv = _DEFAULT_INTERVAL
+            iv = default
         else:
             return None
         s, ts, o, h, lo, c, v = (data["symbol"], data["timestamp"], data["open"], data["high"], data["low"],
@@ -516,19 +543,20 @@ def _fast_copy_line(data, symbols: set, intervals: set) -> str | None:
     return f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\n"
 
 
-def _copy_lines(records: Iterable[tuple[Any, Any]]) -> Iterator[str]:
+def _copy_lines(records: Iterable[tuple[Any, Any]], interval: str = _DEFAULT_INTERVAL) -> Iterator[str]:
     """COPY text lines of ``(where, row)`` records; ``where`` is a label or a row number.
 
     The fast check first; any row it does not vouch for gets the full
-    validation, whose error names ``where`` and the field.
+    validation, whose error names ``where`` and the field. Rows without an
+    interval get ``interval`` (already checked).
     """
     symbols: set = set()
-    intervals: set = set()
+    intervals: set = {interval}
     fast = _fast_copy_line
     for where, data in records:
-        line = fast(data, symbols, intervals)
+        line = fast(data, symbols, intervals, interval)
         if line is None:
-            line = _copy_line(_price_row(data, where if type(where) is str else f"row {where}"))
+            line = _copy_line(_price_row(data, where if type(where) is str else f"row {where}", interval))
         yield line
 
 
@@ -668,7 +696,8 @@ class PriceRepository(BaseRepository[Price]):
             db.execute_sql(_STAGE_MERGE, (work_mem,))
         return stream.rows
 
-    def copy_from(self, rows_or_csv_path) -> int:
+    def copy_from(self, rows_or_csv_path, *, interval: str = "1m",
+                  progress: Callable[[int], None] | None = None) -> int:
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
@@ -689,13 +718,20 @@ class PriceRepository(BaseRepository[Price]):
         ``today``, ``tomorrow`` and ``yesterday``), numbers with at most 8
         decimals kept (more are rounded). Blank lines are skipped. ``OSError``
         if the file cannot be read.
+
+        ``interval`` is the interval of rows (or a file) that give none;
+        ``progress``, if given, is called with the number of bytes of the
+        file read since its last call (for a progress bar).
         """
+        interval = _interval(interval)
+        if progress is not None and not callable(progress):
+            raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
         if isinstance(rows_or_csv_path, (str, os.PathLike)):
             path = os.fspath(rows_or_csv_path)
             if isinstance(path, bytes):
                 path = os.fsdecode(path)
             _text("rows_or_csv_path", path, 4096)
-            return self._copy_csv(path)
+            return self._copy_csv(path, interval, progress)
         if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
             # Iterating a query runs it: before the session there is no connection, and
             # inside it the connection is busy with this COPY.
@@ -703,17 +739,22 @@ class PriceRepository(BaseRepository[Price]):
                                       "rows, not a query: read it first (list(query)), or use bulk_create")
         if not isinstance(rows_or_csv_path, Iterable) or isinstance(rows_or_csv_path, (bytes, Mapping)):
             raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
-        stream = _CopyStream(_copy_lines(enumerate(rows_or_csv_path, 1)))
+        stream = _CopyStream(_copy_lines(enumerate(rows_or_csv_path, 1), interval))
         with self.session("copy_from") as db:
             _copy(db, f"COPY prices ({_COPY_COLUMNS}) FROM STDIN", stream)
         return stream.rows
 
-    def _copy_csv(self, path: str) -> int:
+    def _copy_csv(self, path: str, interval: str, progress) -> int:
         with open(path, "rb") as handle:  # before the session: a missing file is an OSError, no transaction
             header = _csv_header(handle, path)
             if header is None:
                 return 0
-            body = _CsvBody(handle, path, header)
+            if progress is not None:
+                progress(handle.tell())
+            appended = None
+            if "interval" not in header and interval != _DEFAULT_INTERVAL:
+                appended, header = interval, header + ["interval"]
+            body = _CsvBody(handle, path, header, appended, progress)
             columns = ", ".join(f'"{c}"' for c in header)
             with self.session("copy_from") as db:
                 # Naive timestamps are UTC and day-first/month-first dates are refused, whatever the

@@ -193,12 +193,36 @@ def test_ingest_prices_twice_is_refused_and_upsert_updates(db, raw, tmp_path, da
     assert count(raw, "prices", "close = 10.4") == 4
 
 
+def test_ingest_prices_interval_option_fills_a_file_without_the_column(db, raw, tmp_path, database_url):
+    path = tmp_path / "hourly.csv"
+    path.write_bytes(("\r\n".join([HEADER] + _bars(3)[:2] + [""] + _bars(3)[2:]) + "\r\n").encode())
+    assert "Loaded 3 price bars" in succeeds("ingest", "prices", path, "--interval", "1h",
+                                             "--database", database_url).stdout
+    assert count(raw, "prices", "interval = '1h'") == 3
+    # The appended interval does not shift what an error names.
+    path.write_text("\n".join([HEADER] + _bars(2, day=5) + ["TEST,2024-01-05T15:00:00Z,10,11,9,12,5"]) + "\n")
+    message = fails("ingest", "prices", path, "--interval", "1h", "--database", database_url)
+    assert "line 4" in message and "field 'close'" in message and "<= high" in message
+    assert count(raw, "prices") == 3
+
+
+def test_ingest_prices_upsert_keeps_the_last_of_a_bar_repeated_in_the_file(db, raw, tmp_path, database_url):
+    path = tmp_path / "corrections.csv"
+    first, second = _bars(1)[0], _bars(1)[0].replace(",10.25,", ",10.4,")
+    path.write_text("\n".join([HEADER, first, second]) + "\n")
+    assert "Inserted or updated 2 price bars" in succeeds("ingest", "prices", path, "--upsert",
+                                                          "--database", database_url).stdout
+    with raw.cursor() as cur:
+        cur.execute("SELECT close FROM prices")
+        assert cur.fetchall() == [(Decimal("10.4"),)]
+
+
 BAD_PRICE_FILES = [
     # (name, file text, line, field or None, words in the message)
     ("non-numeric price on line 7", "\n".join([HEADER] + _bars(5) + ["TEST,2024-01-03T14:30:00Z,ten,11,9,10,1"]),
      7, "open", "decimal number"),
     ("missing column", "symbol,timestamp,open,high,low,volume\nTEST,2024-01-03T14:30:00Z,10,11,9,1", 1, "close",
-     "missing column"),
+     "missing, expected a column of the header"),
     ("high below low", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,1\nTEST,2024-01-03T14:31:00Z,10,9,11,10,1",
      3, "high", "high >= low"),
     ("bad timestamp", f"{HEADER}\nTEST,03/01/2024 14:30,10,11,9,10,1", 2, "timestamp", "ISO-8601"),
@@ -207,10 +231,14 @@ BAD_PRICE_FILES = [
     ("bad symbol", f"{HEADER}\nTE ST,2024-01-03T14:30:00Z,10,11,9,10,5", 2, "symbol", "matching"),
     ("bad interval", f"{HEADER},interval\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,1 minute", 2, "interval",
      "matching"),
-    ("unknown column", f"{HEADER},vwap\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10", 1, "vwap", "unknown column"),
-    ("too few fields", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9", 2, "close", "the line has 5 fields"),
-    ("too many fields", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,6", 2, None, "8 fields, the header has 7"),
-    ("bar repeated in the file", "\n".join([HEADER] + _bars(2) + _bars(1)), 4, "timestamp", "repeats line 2"),
+    ("unknown column", f"{HEADER},vwap\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10", 1, "vwap",
+     "expected a column of the header"),
+    ("column twice", f"{HEADER},open\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10", 1, "open", "each column once"),
+    ("too few fields", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9", 2, None, "expected 7 fields"),
+    ("too many fields", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,6", 2, None, "expected 7 fields"),
+    ("bar repeated in the file", "\n".join([HEADER] + _bars(2) + _bars(1)), 4, None,
+     "appears earlier in the file"),
+    ("relative timestamp", f"{HEADER}\nTEST,now,10,11,9,10,5", 2, "timestamp", "not one relative to the load"),
     ("empty file", "", None, None, "empty file"),
 ]
 

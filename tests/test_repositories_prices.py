@@ -363,9 +363,10 @@ GOOD = "AAA,2024-01-02T00:00:00Z,1,2,1,2,3\n"
 
 
 @pytest.mark.parametrize("content, where", [
-    ("symbol,timestamp,open,high,low,close\n", "line 1: header"),
-    ("symbol,timestamp,open,high,low,close,volume,colour\n", "line 1: header"),
-    ("symbol,timestamp,symbol,open,high,low,close,volume\n", "line 1: header"),
+    ("symbol,timestamp,open,high,low,close\n", "line 1: volume"),
+    ("symbol,timestamp,open,high,low,close,volume,colour\n", "line 1: colour"),
+    ("symbol,timestamp,symbol,open,high,low,close,volume\n", "line 1: symbol"),
+    ("symbol,timestamp,,open,high,low,close,volume\n", "line 1: column 3"),
     (HEADER + GOOD + "AAA,2024-01-02\n", "line 3"),
     (HEADER + "AAA,2024-01-02,1,2,1,2,3,4\n", "line 2"),
     (HEADER + "\n\r\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 4: volume"),
@@ -392,6 +393,21 @@ def test_copy_from_reports_file_and_line(prices, raw, tmp_path, content, where):
         prices.copy_from(path)
     assert f"{path}, {where}" in str(info.value)
     assert count_rows(raw, "prices") == 0
+
+
+def test_copy_from_interval_and_progress(prices, raw, tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text(HEADER + GOOD + "\n" + GOOD.replace("AAA", "BBB"), encoding="utf-8")
+    read = []
+    assert prices.copy_from(path, interval="1h", progress=read.append) == 2
+    assert sum(read) == path.stat().st_size  # every byte, header included, reported once
+    rows = [bar("CCC", 0), {k: v for k, v in bar("DDD", 0).items() if k != "interval"}]
+    assert prices.copy_from(rows, interval="1d") == 2  # a row's own interval wins
+    assert [(s, i) for s, i, *_ in stored(raw)] == [("AAA", "1h"), ("BBB", "1h"), ("CCC", "1m"), ("DDD", "1d")]
+    with pytest.raises(DataValidationError, match="interval"):
+        prices.copy_from(path, interval="1 hour")
+    with pytest.raises(DataValidationError, match="progress"):
+        prices.copy_from(path, progress=5)
 
 
 def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
