@@ -22,7 +22,7 @@ from .errors import (
     IntegrityViolation,
     MarketstoreError,
     PoolExhaustedError,
-    _driver_error,
+    driver_error,
 )
 from .ingest import file_size, load_articles, load_price_file, read_articles
 from .migrations import DatabaseMigration, grant_application_role
@@ -90,7 +90,7 @@ def _hint(exc: Exception) -> str:
     if missing:
         return f"table {missing.group(1)} does not exist in {where}: run `marketstore migrate` first"
     if isinstance(exc, DatabaseConnectionError) and not isinstance(exc, PoolExhaustedError):
-        driver = _driver_error(exc)
+        driver = driver_error(exc)
         if driver is not None:  # libpq's reason, without its own "connection to server ... failed:"
             reason = str(driver).strip().splitlines()[0]
             reason = re.sub(r"^connection to server .*? failed: ", "", reason)

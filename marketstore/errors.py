@@ -80,8 +80,11 @@ _SERIALIZATION_CODES = {
 }
 
 
-def _driver_error(exc: BaseException) -> BaseException | None:
-    """Find the psycopg2 error behind a peewee wrapper (peewee keeps it in args/__cause__)."""
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The psycopg2 error behind ``exc`` (a peewee wrapper or a translated error), or ``None``.
+
+    peewee keeps it in ``args``; :func:`translate` chains it as ``__cause__``.
+    """
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 5:
@@ -99,7 +102,7 @@ def is_connection_lost(exc: BaseException) -> bool:
     """True when ``exc`` means the connection is unusable and must be discarded."""
     if isinstance(exc, DatabaseConnectionError):
         return True
-    driver = _driver_error(exc)
+    driver = driver_error(exc)
     if driver is None:
         return isinstance(exc, peewee.InterfaceError)
     code = driver.pgcode or ""
@@ -122,7 +125,7 @@ def translate(exc: BaseException, context: str = "") -> MarketstoreError:
     prefix = f"{context}: " if context else ""
     if isinstance(exc, MaxConnectionsExceeded):
         return PoolExhaustedError(f"{prefix}connection pool exhausted: {exc}")
-    driver = _driver_error(exc)
+    driver = driver_error(exc)
     message = str(driver if driver is not None else exc).strip().splitlines()
     text = prefix + (message[0] if message else type(exc).__name__)
     code = getattr(driver, "pgcode", None) or ""
