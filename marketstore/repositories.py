@@ -369,7 +369,9 @@ class _CsvBody:
 
     def _checked(self, chunk: bytes) -> bytes:
         kept = []
-        for line in chunk.splitlines(keepends=True):
+        lines = [line + b"\n" for line in chunk.split(b"\n")]
+        lines[-1] = lines[-1][:-1]  # what follows the last newline: b"" or a last line without one
+        for line in filter(None, lines):  # lines counted as COPY and read() count them: by b"\n"
             self._file_line += 1
             stripped = line.rstrip(b"\r\n")
             if not stripped:  # blank: COPY would read it as a row of one empty field
