@@ -97,18 +97,73 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         a new connection is opened: check-ins take that lock too, so one slow
         connect (an unreachable host) would otherwise stall every thread.
         """
-        if self.deferred:
-            raise peewee.InterfaceError("database must be initialized before opening a connection")
         if not self._state.closed:
             if reuse_if_open:
                 return False
             raise peewee.OperationalError("Connection already opened.")
+        self._attach(self._checkout())
+        return True
+
+    def open_transaction(self) -> None:
+        """Check a connection out for this thread and start a transaction on it.
+
+        The fast path of :meth:`DatabaseConnection.session`; end it with
+        :meth:`close_transaction`. psycopg2 (autocommit off) sends ``BEGIN``
+        with the first statement, and a transaction is pushed on peewee's
+        stack, so ``atomic()`` inside becomes a savepoint and
+        ``in_transaction()`` is true. Raises ``MaxConnectionsExceeded`` after
+        ``pool_timeout``, ``peewee.OperationalError`` if the server is unreachable.
+        """
+        self._attach(self._checkout(), transaction=True)
+
+    def close_transaction(self, commit: bool, broken: bool = False) -> None:
+        """End this thread's :meth:`open_transaction` and give the connection back.
+
+        ``commit=True`` commits, then runs peewee's ``after_commit`` callbacks;
+        if COMMIT fails (a deferred constraint, a serialization failure, a lost
+        connection) the server has rolled back and the driver's error, wrapped
+        by peewee, is raised. ``commit=False`` rolls back and raises no driver
+        error: a failed rollback means a lost connection, and the caller is
+        already reporting an error of its own. ``broken=True`` skips the
+        rollback. The connection is closed instead of pooled when it is broken
+        or could not be switched back to autocommit (peewee's mode).
+        """
+        conn = self._state.conn
+        if conn is None:  # open_transaction() failed: nothing checked out
+            return
+        # Emptied before COMMIT (peewee 4 pops its transaction first too), so
+        # after_commit callbacks run outside the transaction.
+        del self._state.transactions[:]
+        fit = False
+        try:
+            try:
+                if commit:
+                    with peewee.__exception_wrapper__:
+                        conn.commit()
+                elif not broken:
+                    try:
+                        conn.rollback()
+                    except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
+                        broken = True
+            finally:
+                # psycopg2 refuses autocommit on a closed connection or inside a
+                # transaction: either way the connection must not be pooled.
+                fit = not broken and _autocommit_on(conn)
+            if commit and hasattr(self, "_run_commit_callbacks"):  # peewee 4's after_commit()
+                self._run_commit_callbacks()
+        finally:
+            self._state.reset()
+            self._close(conn, close_conn=not fit)
+
+    def _checkout(self):
+        """A connection from :meth:`_connect`, waiting up to ``pool_timeout`` for a free slot."""
+        if self.deferred:
+            raise peewee.InterfaceError("database must be initialized before opening a connection")
         deadline = time.monotonic() + self._wait
         while True:
             try:
                 with peewee.__exception_wrapper__:
-                    conn = self._connect()
-                break
+                    return self._connect()
             except MaxConnectionsExceeded:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -118,18 +173,26 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                 with self._cond:
                     if len(self._busy) >= self._cap and not self._idle:
                         self._cond.wait(min(remaining, 1.0))
+
+    def _attach(self, conn, transaction: bool = False) -> None:
+        """Make ``conn`` this thread's connection, as ``Database.connect`` does; closes it on failure."""
         try:
-            with self._lock, peewee.__exception_wrapper__:  # thread state is per thread; the lock guards server_version
+            with peewee.__exception_wrapper__:
                 self._state.reset()
                 self._state.set_connection(conn)
-                if self.server_version is None:
-                    self._set_server_version(conn)
+                if self.server_version is None:  # first connection only
+                    with self._lock:
+                        self._set_server_version(conn)
                 self._initialize_connection(conn)
+                if transaction:
+                    conn.autocommit = False  # psycopg2 then sends BEGIN with the first statement
+                    # A peewee transaction object, never entered: atomic() inside sees
+                    # depth 1 and makes a savepoint; its commit()/rollback() call ours.
+                    self.push_transaction(self.transaction())
         except BaseException:
             self._state.reset()
             self._close(conn, close_conn=True)
             raise
-        return True
 
     def _connect(self):
         while True:
@@ -189,6 +252,42 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
             return True
         except DRIVER_ERRORS:
             return False
+
+    # -- transaction control ----------------------------------------------
+    # Inside open_transaction() psycopg2 owns the transaction: a COMMIT or
+    # ROLLBACK sent as SQL would leave it believing one is still open, and every
+    # later statement would run outside any transaction. So peewee's commit()
+    # and rollback() (also reached through a transaction object's commit() or
+    # rollback()) call the driver's, and the rest of the session runs in a new
+    # transaction that psycopg2 begins with the next statement.
+    def _driver_transaction(self) -> bool:
+        conn = self._state.conn
+        return conn is not None and not conn.autocommit
+
+    def begin(self, *args, **kwargs) -> None:
+        """``BEGIN``; inside a session a no-op (psycopg2 begins with the next statement).
+
+        An isolation level passed then is ignored, as the server would ignore
+        a ``BEGIN`` sent inside a transaction.
+        """
+        if not self._driver_transaction():
+            super().begin(*args, **kwargs)
+
+    def commit(self) -> None:
+        """``COMMIT``; inside a session: of the work so far, and the session goes on in a new transaction."""
+        if self._driver_transaction():
+            with peewee.__exception_wrapper__:
+                self._state.conn.commit()
+        else:
+            super().commit()
+
+    def rollback(self) -> None:
+        """``ROLLBACK``; inside a session: of the work so far, and the session goes on in a new transaction."""
+        if self._driver_transaction():
+            with peewee.__exception_wrapper__:
+                self._state.conn.rollback()
+        else:
+            super().rollback()
 
     # -- check-in ---------------------------------------------------------
     def _close(self, conn, close_conn: bool = False) -> None:
@@ -260,6 +359,15 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
             }
 
 
+def _autocommit_on(conn) -> bool:
+    """Put ``conn`` back in autocommit mode; False when psycopg2 refuses (closed, or in a transaction)."""
+    try:
+        conn.autocommit = True
+    except DRIVER_ERRORS:
+        return False
+    return True
+
+
 class DatabaseConnection:
     """Owns the pool; hands out transactional sessions. Thread-safe.
 
@@ -305,36 +413,35 @@ class DatabaseConnection:
         Commits on success; on any exception rolls back and re-raises, driver
         errors translated to :mod:`marketstore.errors` (the original chained).
         The connection always goes back to the pool, or is closed if it broke.
-        Nested sessions in one thread share the connection and use a savepoint.
+        Nested sessions in one thread share the connection and use a savepoint,
+        as does ``db.atomic()`` inside. ``db.commit()``/``db.rollback()`` inside
+        end the work so far, and the session goes on in a new transaction.
         """
         db = self.database
-        outermost = db.is_closed()
         started = time.perf_counter()
         try:
-            if outermost:
-                db.connect()
-            with db.atomic():
+            if not db.is_closed():
+                # Nested: this thread's transaction is open; atomic() makes a savepoint.
+                with db.atomic():
+                    yield db
+                return
+            # Outermost: the driver's own BEGIN/COMMIT (C calls) instead of atomic(),
+            # whose transaction objects and statements sent through new cursors
+            # were about half the client time of a short transaction
+            # (bench/RESULTS.md, "Sessions").
+            db.open_transaction()
+            try:
                 yield db
-        except BaseException as exc:
-            if outermost and not db.is_closed() and is_connection_lost(exc):
-                db.discard()
-            if isinstance(exc, DRIVER_ERRORS):
-                error = translate(exc, f"{operation} {model}".strip())
-                logger.error(
-                    "%s failed after %.1f ms: %s: %s",
-                    f"{operation} {model}".strip(),
-                    (time.perf_counter() - started) * 1000,
-                    type(error).__name__,
-                    error,
-                )
-                raise error from exc
-            raise
-        finally:
-            if outermost and not db.is_closed():
-                try:
-                    db.close()
-                except DRIVER_ERRORS:
-                    db.discard()
+            except BaseException as exc:
+                db.close_transaction(commit=False, broken=is_connection_lost(exc))
+                raise
+            db.close_transaction(commit=True)
+        except DRIVER_ERRORS as exc:
+            context = f"{operation} {model}".strip()
+            error = translate(exc, context)
+            logger.error("%s failed after %.1f ms: %s: %s", context,
+                         (time.perf_counter() - started) * 1000, type(error).__name__, error)
+            raise error from exc
 
     def health_check(self) -> bool:
         """True when a round trip to the server succeeds; never raises."""
