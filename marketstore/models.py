@@ -362,9 +362,10 @@ class Price(BaseModel):
             # the patterns hold rows that COPY streams straight to the server.
             _check("prices", "nan_check", "high <> 'NaN' AND volume <> 'NaN'"),
             _check("prices", "symbol_check", r"symbol ~ '^[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]*$'"),
+            # Migration 004: at most four digits, as INTERVAL_PATTERN; the years a Python
+            # datetime holds (no 'infinity'), so every stored bar can be read.
             _check("prices", "interval_check",
-                   "\"interval\" ~ '^[1-9][0-9]*(s|m|h|d|w|mo)$' AND length(\"interval\") <= 6"),
-            # Migration 004: the years a Python datetime holds (no 'infinity'), so every stored bar can be read.
+                   "\"interval\" ~ '^[1-9][0-9]*(s|m|h|d|w|mo)$' AND length(rtrim(\"interval\", 'smhdwo')) <= 4"),
             _check("prices", "timestamp_check",
                    "\"timestamp\" >= '0001-01-01 00:00:00+00' AND \"timestamp\" < '10000-01-01 00:00:00+00'"),
         ]

@@ -226,6 +226,8 @@ BAD_PRICE_FILES = [
     ("high below low", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,1\nTEST,2024-01-03T14:31:00Z,10,9,11,10,1",
      3, "high", "high >= low"),
     ("bad timestamp", f"{HEADER}\nTEST,03/01/2024 14:30,10,11,9,10,1", 2, "timestamp", "ISO-8601"),
+    # PostgreSQL would read it as 2003-04-25: only ISO 8601 reaches the server.
+    ("two-digit year", f"{HEADER}\nTEST,03/04/25,10,11,9,10,1", 2, "timestamp", "ISO-8601"),
     ("negative volume", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,-5", 2, "volume", ">= 0"),
     ("empty value", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,,9,10,5", 2, "high", "missing"),
     ("bad symbol", f"{HEADER}\nTE ST,2024-01-03T14:30:00Z,10,11,9,10,5", 2, "symbol", "matching"),
@@ -238,7 +240,7 @@ BAD_PRICE_FILES = [
     ("too many fields", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,6", 2, None, "expected 7 fields"),
     ("bar repeated in the file", "\n".join([HEADER] + _bars(2) + _bars(1)), 4, None,
      "appears earlier in the file"),
-    ("relative timestamp", f"{HEADER}\nTEST,now,10,11,9,10,5", 2, "timestamp", "not one relative to the load"),
+    ("relative timestamp", f"{HEADER}\nTEST,now,10,11,9,10,5", 2, "timestamp", "expected an ISO-8601 timestamp"),
     ("empty file", "", None, None, "empty file"),
 ]
 

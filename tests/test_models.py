@@ -280,6 +280,10 @@ ORDER_SQL = ("INSERT INTO orders (order_id, symbol, order_type, side, quantity, 
     # A bar a Python datetime cannot hold would make every read that returns it fail.
     pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
                  "VALUES ('AAPL', 'infinity', 1, 1, 1, 1, 1)", None, "prices_timestamp_check", id="infinity"),
+    # Five digits fit the column but not INTERVAL_PATTERN: the repositories could never query it.
+    pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume, interval) "
+                 "VALUES ('AAPL', '2024-01-01T00:00Z', 1, 1, 1, 1, 1, '12345m')", None, "prices_interval_check",
+                 id="five-digit-interval"),
     pytest.param("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
                  "VALUES ('AAPL', '10000-01-01T00:00Z', 1, 1, 1, 1, 1)", None, "prices_timestamp_check",
                  id="year-10000"),

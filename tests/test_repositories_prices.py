@@ -166,6 +166,18 @@ def test_get_range_and_latest_build_the_same_instances_as_peewee(prices):
     assert_same_instances([latest["BBB"]], [prices.latest("BBB", interval="1d")])
 
 
+def test_nested_and_concurrent_gc_pauses_end_with_the_last():
+    import gc
+    from marketstore.repositories import _no_gc
+    first = _no_gc()
+    first.__enter__()  # as another thread's get_range would
+    with _no_gc():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the first pause still runs
+    first.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
 def test_building_models_leaves_the_garbage_collector_as_it_found_it(prices):
     import gc
     prices.upsert_many([bar("AAA", m) for m in range(3)])
@@ -372,11 +384,14 @@ GOOD = "AAA,2024-01-02T00:00:00Z,1,2,1,2,3\n"
     (HEADER + "\n\r\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 4: volume"),
     # What PostgreSQL's input would take but a bar must not be: relative or infinite times,
     # years a Python datetime cannot hold, day/month order left to a server setting.
-    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "now"), "line 2: timestamp"),
-    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", " Today"), "line 2: timestamp"),
-    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "infinity"), "line 2: timestamp"),
-    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "10000-01-01"), "line 2: timestamp"),
-    (HEADER + GOOD.replace("2024-01-02T00:00:00Z", "01/02/2024"), "line 2: timestamp"),
+    *[(HEADER + GOOD.replace("2024-01-02T00:00:00Z", ts), "line 2: timestamp") for ts in (
+        "now", " Today", "infinity", "10000-01-01", "01/02/2024", "03/04/25", "02-01-24", "31.12.23", "240102",
+        "Jan 2 2024", "2024.01.02", "epoch", "J2460000", "2024-01-01T24:00:00", "2024-01-01T23:59:60Z",
+        "2024-01-02T00:00:00.9999995Z", "2024-01-02 10:00 EST", '"2024-01-02 10:00 America/New_York"')],
+    (HEADER + GOOD + 'AAA,"2024-01-03\nnow",1,2,1,2,3\n', "line 3"),  # a quoted line break
+    ("symbol,timestamp,open,high,low,close,volume\rAAA,2024-01-02,1,2,1,2,3\r", "line 1"),  # \r line ends
+    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,12345m\n",
+     "line 2: interval"),
     (HEADER + "AAA,2024-01-02,NaN,NaN,NaN,NaN,NaN\n", "line 2: open"),
     (HEADER + "AAA,2024-01-02,1,Infinity,1,2,3\n", "line 2: high"),
     (HEADER + "AAA,2024-01-02,1,99999999999999999,1,2,3\n", "line 2: high"),
@@ -408,6 +423,42 @@ def test_copy_from_interval_and_progress(prices, raw, tmp_path):
         prices.copy_from(path, interval="1 hour")
     with pytest.raises(DataValidationError, match="progress"):
         prices.copy_from(path, progress=5)
+
+
+def test_copy_from_csv_takes_iso_timestamps_quoted_or_spaced(prices, raw, tmp_path):
+    path = tmp_path / "iso.csv"
+    path.write_text(HEADER + 'AAA," 2024-01-02 10:00:00.5+01:00 ",1,2,1,2,3\nBBB,2024-01-02,1,2,1,2,3\n'
+                    "CCC,2024-01-02T10:00-0500,1,2,1,2,3\n", encoding="utf-8")
+    assert prices.copy_from(path) == 3
+    assert [ts for _, _, ts, *_ in stored(raw)] == [dt.datetime(2024, 1, 2, 9, 0, 0, 500_000, tzinfo=UTC),
+                                                    dt.datetime(2024, 1, 2, tzinfo=UTC),
+                                                    dt.datetime(2024, 1, 2, 15, tzinfo=UTC)]
+
+
+def test_copy_from_csv_long_runs_of_blank_lines_do_not_end_the_load(prices, raw, tmp_path):
+    """A 64 KiB read of blank lines only must not reach psycopg2 as an empty read (end of data)."""
+    rows = [f"AAA,{(T0 + m * MINUTE).isoformat()},1,2,1,2,3\n" for m in range(2_000)]
+    path = tmp_path / "gaps.csv"
+    path.write_text(HEADER + "\n" * 70_000 + "".join(rows[:1_000]) + "\r\n" * 140_000 + "".join(rows[1_000:])
+                    + "AAA,2024-01-02,x,2,1,2,3\n", encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(path)
+    assert info.value.field == f"{path}, line {1 + 70_000 + 2_000 + 140_000 + 1}: open"
+    path.write_text(HEADER + "\n" * 70_000 + "".join(rows[:1_000]) + "\r\n" * 140_000 + "".join(rows[1_000:]),
+                    encoding="utf-8")
+    assert prices.copy_from(path) == 2_000
+    assert count_rows(raw, "prices") == 2_000
+
+
+def test_copy_from_lets_ctrl_c_through_and_keeps_the_pool_clean(prices, raw):
+    def rows():
+        yield bar("AAA", 0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prices.copy_from(rows())
+    assert count_rows(raw, "prices") == 0
+    assert marketstore.db_connection.pool_status()["in_use"] == 0
 
 
 def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
@@ -589,10 +640,12 @@ def test_copy_from_csv_path_is_streamed(prices, raw, tmp_path):
     raw_url = raw.dsn
     thread = threading.Thread(target=writer, daemon=True)  # never blocks the run if copy_from fails early
     thread.start()
+    read = []
     try:
-        assert prices.copy_from(path) == 6_000
+        assert prices.copy_from(path, progress=read.append) == 6_000  # a FIFO cannot tell() its position
     finally:
         thread.join(10)
+    assert sum(read) > 6_000 * 40
     assert seen and seen[0] is not None and 0 < seen[0] <= 5_000
     assert count_rows(raw, "prices") == 6_000
 
