@@ -16,7 +16,7 @@ import click
 from . import demo as demo_data
 from . import embedded
 from .config import URL_VAR, is_configured
-from .connection import db_connection, initialize_database
+from .connection import CONNECT_TIMEOUT, db_connection, initialize_database
 from .errors import (
     DatabaseConnectionError,
     IntegrityViolation,
@@ -39,8 +39,6 @@ from .repositories import (
 
 logger = logging.getLogger(__name__)
 
-# libpq waits minutes for a host that drops packets; a person should hear sooner.
-CONNECT_TIMEOUT_S = "10"
 FAR_PAST, FAR_FUTURE = "0001-01-01", "9999-12-31"
 
 
@@ -125,7 +123,8 @@ def main(verbose: int) -> None:
     # Errors reach the user once, as the command's own line; logs only on request.
     level = (logging.CRITICAL, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_S)
+    # The pool sets it too; this also covers the migration and admin connections.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT)
 
 
 # -- schema and administration ---------------------------------------------------

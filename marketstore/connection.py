@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import random
 import select
 import threading
@@ -44,6 +45,11 @@ from .models import database_proxy
 
 logger = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = "10"  # seconds, per host address tried
+# Probe an idle TCP connection after 60 s, every 10 s, give up after 5 misses: a
+# vanished server or NAT entry is found in under 2 minutes, not the OS's 2 hours.
+TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}
+
 # An idle connection older than this also gets a real round-trip ping at checkout;
 # younger ones are checked with a zero-timeout poll of the socket (see _alive).
 FULL_PING_AFTER_IDLE = 10.0
@@ -71,6 +77,13 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         if settings.statement_timeout:
             options.append(f"-c statement_timeout={int(settings.statement_timeout)}")
         params.setdefault("application_name", settings.application_name)
+        # libpq waits for the OS otherwise: minutes for a connect to a black-holed
+        # host, hours before a dead peer of an idle pooled connection is noticed.
+        # The caller's URL or PGCONNECT_TIMEOUT wins; keepalives apply to TCP only.
+        if not os.environ.get("PGCONNECT_TIMEOUT"):
+            params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        for name, value in TCP_KEEPALIVES.items():
+            params.setdefault(name, value)
         super().__init__(
             dbname,
             max_connections=settings.max_connections,

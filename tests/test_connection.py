@@ -549,6 +549,34 @@ def test_every_connection_sets_utc_and_application_name(db, database_url):
         assert session.execute_sql("SHOW application_name").fetchone() == (name,)
 
 
+def test_pooled_connections_bound_connect_time_and_probe_idle_tcp(db, database_url, monkeypatch):
+    import socket
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    initialize_database(database_url)
+    with get_db_session() as session:
+        conn = session.connection()
+        assert conn.get_dsn_parameters()["connect_timeout"] == "10"
+        if not conn.info.host.startswith("/"):  # keepalives exist for TCP only
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 5
+            finally:
+                sock.close()
+    # The caller's choice wins: the URL's, else the environment's.
+    sep = "&" if "?" in database_url else "?"
+    initialize_database(f"{database_url}{sep}connect_timeout=3&keepalives_idle=20")
+    with get_db_session() as session:
+        params = session.connection().get_dsn_parameters()
+        assert (params["connect_timeout"], params["keepalives_idle"]) == ("3", "20")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
+    initialize_database(database_url)
+    with get_db_session() as session:
+        assert session.connection().get_dsn_parameters()["connect_timeout"] == "7"
+
+
 def test_default_application_name_is_marketstore(db):
     with get_db_session() as session:
         assert session.execute_sql("SHOW application_name").fetchone() == ("marketstore",)
