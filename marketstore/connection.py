@@ -139,7 +139,8 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         error: a failed rollback means a lost connection, and the caller is
         already reporting an error of its own. ``broken=True`` skips the
         rollback. The connection is closed instead of pooled when it is broken
-        or could not be switched back to autocommit (peewee's mode).
+        or still in a transaction. It goes back with autocommit off, ready for
+        the next session (``connect()`` switches it on for peewee's own use).
         """
         conn = self._state.conn
         if conn is None:  # open_transaction() failed: nothing checked out
@@ -159,9 +160,7 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                     except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
                         broken = True
             finally:
-                # psycopg2 refuses autocommit on a closed connection or inside a
-                # transaction: either way the connection must not be pooled.
-                fit = not broken and _autocommit_on(conn)
+                fit = not broken and not conn.closed and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
             if commit and hasattr(self, "_run_commit_callbacks"):  # peewee 4's after_commit()
                 self._run_commit_callbacks()
         finally:
@@ -197,11 +196,17 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                     with self._lock:
                         self._set_server_version(conn)
                 self._initialize_connection(conn)
+                # Switched only when the mode changes: the switch is cheap but
+                # psycopg2 takes its connection lock without the GIL, and under
+                # contention each release of the GIL costs a thread handoff.
                 if transaction:
-                    conn.autocommit = False  # psycopg2 then sends BEGIN with the first statement
+                    if conn.autocommit:
+                        conn.autocommit = False  # psycopg2 then sends BEGIN with the first statement
                     # A peewee transaction object, never entered: atomic() inside sees
                     # depth 1 and makes a savepoint; its commit()/rollback() call ours.
                     self.push_transaction(self.transaction())
+                elif not conn.autocommit:
+                    conn.autocommit = True  # peewee's own mode: it sends BEGIN itself
         except BaseException:
             self._state.reset()
             self._close(conn, close_conn=True)
@@ -370,15 +375,6 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
                 "in_use": len(self._busy),
                 "idle": len(self._idle),
             }
-
-
-def _autocommit_on(conn) -> bool:
-    """Put ``conn`` back in autocommit mode; False when psycopg2 refuses (closed, or in a transaction)."""
-    try:
-        conn.autocommit = True
-    except DRIVER_ERRORS:
-        return False
-    return True
 
 
 class DatabaseConnection:
