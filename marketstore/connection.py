@@ -38,6 +38,7 @@ from .errors import (
     DataValidationError,
     MarketstoreError,
     SerializationFailure,
+    driver_error,
     is_connection_lost,
     translate,
 )
@@ -377,6 +378,15 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
             }
 
 
+def _log_once(error: MarketstoreError, operation: str, model: str, started: float) -> None:
+    """Log a failed session's error, unless an inner session already did."""
+    if getattr(error, "_marketstore_logged", False):
+        return
+    error._marketstore_logged = True
+    logger.error("%s failed after %.1f ms: %s: %s", f"{operation} {model}".strip(),
+                 (time.perf_counter() - started) * 1000, type(error).__name__, error)
+
+
 class DatabaseConnection:
     """Owns the pool; hands out transactional sessions. Thread-safe.
 
@@ -446,11 +456,15 @@ class DatabaseConnection:
                 raise
             db.close_transaction(commit=True)
         except DRIVER_ERRORS as exc:
-            context = f"{operation} {model}".strip()
-            error = translate(exc, context)
-            logger.error("%s failed after %.1f ms: %s: %s", context,
-                         (time.perf_counter() - started) * 1000, type(error).__name__, error)
+            error = translate(exc, f"{operation} {model}".strip())
+            _log_once(error, operation, model, started)
             raise error from exc
+        except MarketstoreError as exc:
+            # A driver error a repository turned into a precise one itself (a COPY
+            # line mapped back to the file's) is logged here, once for nested sessions.
+            if driver_error(exc) is not None:
+                _log_once(exc, operation, model, started)
+            raise
 
     def health_check(self) -> bool:
         """True when a round trip to the server succeeds; never raises."""

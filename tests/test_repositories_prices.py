@@ -461,6 +461,23 @@ def test_copy_from_lets_ctrl_c_through_and_keeps_the_pool_clean(prices, raw):
     assert marketstore.db_connection.pool_status()["in_use"] == 0
 
 
+def test_copy_from_csv_server_refusal_is_logged_once_with_context(prices, raw, tmp_path, caplog):
+    import logging
+    caplog.set_level(logging.ERROR, logger="marketstore")
+    path = tmp_path / "twice.csv"
+    path.write_text(HEADER + GOOD + "AAA,2024-01-02,3,2,1,2,3\n" + GOOD, encoding="utf-8")
+    with pytest.raises(DataValidationError):
+        with marketstore.get_db_session():  # nested: the inner session logs, the outer does not again
+            prices.copy_from(path)
+    path.write_text(HEADER + GOOD + GOOD, encoding="utf-8")
+    with pytest.raises(IntegrityViolation, match="line 3"):
+        prices.copy_from(path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("copy_from Price failed after") and "line 3: open" in messages[0]
+    assert messages[1].startswith("copy_from Price failed after") and "IntegrityViolation" in messages[1]
+
+
 def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + GOOD).encode() + "BÉB,2024-01-02,1,2,1,2,3\n".encode("latin-1"))
