@@ -93,7 +93,7 @@ def _file_error(path: str, exc: DataValidationError) -> MarketstoreError:
 
 
 def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progress: Progress | None = None) -> int:
-    """Load the price CSV file ``path`` in one transaction; returns the number of bars written.
+    """Load the price CSV file ``path`` in one transaction; returns the number of rows loaded.
 
     Header ``symbol,timestamp,open,high,low,close,volume[,interval]`` (any
     order); rows without an interval column get ``interval``. New bars go
@@ -101,8 +101,8 @@ def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progr
     whatever the file's size; a bar already stored or repeated in the file is
     an ``IntegrityViolation`` naming the line). With ``upsert``, rows are read
     and validated here and written by ``upsert_many`` (a bar repeated in the
-    file: the last one wins). Raises :class:`FileFormatError` at the first bad
-    line.
+    file: the last one wins, and both rows are counted). Raises
+    :class:`FileFormatError` at the first bad line.
     """
     if upsert:
         return load_prices(read_prices(path, interval, progress), upsert=True)

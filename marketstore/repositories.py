@@ -332,6 +332,7 @@ _ISO_TIMESTAMP = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
                   r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
                   r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?")
 _ISO_TIMESTAMP_RE = re.compile(_ISO_TIMESTAMP)
+_MAX_LINE = 1 << 20  # bytes: memory stays bounded even for a file without line breaks
 _END_OF_COPY = b"\\."  # alone on a line, it ends COPY's data: the rest of the file would be dropped
 _LINE_END = re.compile(rb"\r?\n")
 _COPY_ERROR = re.compile(r'COPY prices, line (\d+)(?:, column (\w+))?(?:: "(.*)")?', re.DOTALL)
@@ -382,7 +383,11 @@ class _CsvBody:
             while not chunk:  # b"" ends the COPY: a chunk of blank lines only must not
                 raw = self._handle.read(64 * 1024)
                 if raw and not raw.endswith(b"\n"):
-                    raw += self._handle.readline()
+                    raw += self._handle.readline(_MAX_LINE)
+                    if not raw.endswith(b"\n") and len(raw.rpartition(b"\n")[2]) >= _MAX_LINE:
+                        line = self._file_line + raw.count(b"\n") + 1
+                        raise DataValidationError(f"{self._path}, line {line}", "<a line over 1 MiB>",
+                                                  "a price row (a line break)")
                 if not raw:
                     return raw
                 if self._progress is not None:
@@ -446,9 +451,11 @@ def _csv_header(handle, path: str) -> tuple[list[str], int] | None:
 
     ``None`` for an empty file.
     """
-    first = handle.readline()
+    first = handle.readline(_MAX_LINE)
     if not first:
         return None
+    if not first.endswith(b"\n") and len(first) >= _MAX_LINE:  # one huge line: never read it whole
+        raise DataValidationError(f"{path}, line 1", "<a line over 1 MiB>", f"the header {PRICE_HEADER}")
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -478,6 +478,18 @@ def test_copy_from_csv_server_refusal_is_logged_once_with_context(prices, raw, t
     assert messages[1].startswith("copy_from Price failed after") and "IntegrityViolation" in messages[1]
 
 
+def test_copy_from_csv_never_reads_an_unbroken_line_whole(prices, raw, tmp_path):
+    path = tmp_path / "one-line.csv"
+    path.write_bytes(b"x" * (3 << 20))
+    with pytest.raises(DataValidationError, match="line 1"):
+        prices.copy_from(path)
+    path.write_bytes((HEADER + GOOD).encode() + b"A" * (3 << 20))
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from(path)
+    assert info.value.field == f"{path}, line 3"
+    assert count_rows(raw, "prices") == 0
+
+
 def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + GOOD).encode() + "BÉB,2024-01-02,1,2,1,2,3\n".encode("latin-1"))
