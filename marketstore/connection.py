@@ -140,8 +140,9 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         error: a failed rollback means a lost connection, and the caller is
         already reporting an error of its own. ``broken=True`` skips the
         rollback. The connection is closed instead of pooled when it is broken
-        or still in a transaction. It goes back with autocommit off, ready for
-        the next session (``connect()`` switches it on for peewee's own use).
+        or, as for any check-in, found closed (:meth:`_close`). It goes back
+        with autocommit off, ready for the next session (``connect()``
+        switches it on for peewee's own use).
         """
         conn = self._state.conn
         if conn is None:  # open_transaction() failed: nothing checked out
@@ -149,24 +150,21 @@ class PooledDatabase(PooledPostgresqlExtDatabase):
         # Emptied before COMMIT (peewee 4 pops its transaction first too), so
         # after_commit callbacks run outside the transaction.
         del self._state.transactions[:]
-        fit = False
         try:
-            try:
-                if commit:
-                    with peewee.__exception_wrapper__:
-                        conn.commit()
-                elif not broken:
-                    try:
-                        conn.rollback()
-                    except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
-                        broken = True
-            finally:
-                fit = not broken and not conn.closed and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
+            if commit:
+                with peewee.__exception_wrapper__:
+                    conn.commit()
+            elif not broken:
+                try:
+                    conn.rollback()
+                except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
+                    broken = True
             if commit and hasattr(self, "_run_commit_callbacks"):  # peewee 4's after_commit()
                 self._run_commit_callbacks()
         finally:
             self._state.reset()
-            self._close(conn, close_conn=not fit)
+            # _close() pools it only if it is open and out of any transaction (_reusable).
+            self._close(conn, close_conn=broken)
 
     def _checkout(self):
         """A connection from :meth:`_connect`, waiting up to ``pool_timeout`` for a free slot."""

@@ -21,10 +21,13 @@ from typing import Callable, Iterable, Iterator
 from .connection import get_db_session
 from .errors import DataValidationError, MarketstoreError
 from .models import Article, Price
-from .repositories import PRICE_COLUMNS as REPOSITORY_PRICE_COLUMNS, PRICE_HEADER, ArticleRepository, PriceRepository
+from .repositories import (
+    PRICE_HEADER,
+    ArticleRepository,
+    PriceRepository,
+    price_csv_header,
+)
 
-# The required columns of a price file: the repository's, interval being optional.
-PRICE_COLUMNS = tuple(c for c in REPOSITORY_PRICE_COLUMNS if c != "interval")
 ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
 # Set by the database: a client must not choose when we learnt of an article (point in time).
 ARTICLE_READ_ONLY = {"id": "assigned by the database", "ingested_at": "set by the database on insert"}
@@ -55,8 +58,9 @@ def _bad_value(path: str, line: int, exc: DataValidationError) -> FileFormatErro
     return FileFormatError(path, line, field, f"got {value!r}, expected {exc.expected}")
 
 
-def _decoded_lines(stream, path: str, progress: Progress | None) -> Iterator[str]:
-    for number, raw in enumerate(stream, 1):
+def _decoded_lines(stream, path: str, progress: Progress | None, first: int = 1) -> Iterator[str]:
+    """The lines of binary ``stream``, decoded; ``first`` is the number of the first one."""
+    for number, raw in enumerate(stream, first):
         if progress is not None:
             progress(len(raw))
         try:
@@ -92,6 +96,10 @@ def _file_error(path: str, exc: DataValidationError) -> MarketstoreError:
     return FileFormatError(path, line, None, f"got {exc.value!r}, expected {exc.expected}")
 
 
+def _empty_file(path: str) -> FileFormatError:
+    return FileFormatError(path, None, None, f"empty file: expected the header {PRICE_HEADER}")
+
+
 def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progress: Progress | None = None) -> int:
     """Load the price CSV file ``path`` in one transaction; returns the number of rows loaded.
 
@@ -107,7 +115,7 @@ def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progr
     if upsert:
         return load_prices(read_prices(path, interval, progress), upsert=True)
     if file_size(path) == 0 and os.path.isfile(path):  # copy_from takes it as no rows; a user meant something
-        raise FileFormatError(path, None, None, f"empty file: expected the header {PRICE_HEADER}")
+        raise _empty_file(path)
     try:
         return PriceRepository().copy_from(path, interval=interval, progress=progress)
     except DataValidationError as exc:
@@ -125,22 +133,24 @@ def read_prices(path: str, interval: str = "1m", progress: Progress | None = Non
     Memory stays flat: nothing is kept of the rows already yielded.
     """
     with _open(path) as stream:
-        reader = csv.reader(_decoded_lines(stream, path, progress))
         try:
-            header = [name.strip().lower() for name in next(reader)]
-        except StopIteration:
-            raise FileFormatError(path, None, None, f"empty file: expected the header {PRICE_HEADER}") from None
-        except csv.Error as exc:
-            raise FileFormatError(path, reader.line_num, None, f"not CSV ({exc})") from None
-        _check_header(path, header)
+            found = price_csv_header(stream, path)  # the same header rules as copy_from
+        except DataValidationError as exc:
+            raise _file_error(path, exc) from None
+        if found is None:
+            raise _empty_file(path)
+        header, size = found
+        if progress is not None:
+            progress(size)
+        reader = csv.reader(_decoded_lines(stream, path, progress, first=2))
         while True:
             try:
                 record = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                raise FileFormatError(path, reader.line_num, None, f"not CSV ({exc})") from None
-            line = reader.line_num
+                raise FileFormatError(path, reader.line_num + 1, None, f"not CSV ({exc})") from None
+            line = reader.line_num + 1  # the reader starts after the header
             if not any(cell.strip() for cell in record):
                 continue  # blank line
             if len(record) < len(header):
@@ -159,19 +169,6 @@ def read_prices(path: str, interval: str = "1m", progress: Progress | None = Non
             except DataValidationError as exc:
                 raise _bad_value(path, line, exc) from None
             yield row
-
-
-def _check_header(path: str, header: list[str]) -> None:
-    allowed = set(PRICE_COLUMNS) | {"interval"}
-    for position, name in enumerate(header):
-        if name not in allowed:
-            raise FileFormatError(path, 1, name or f"#{position + 1}",
-                                  f"unknown column (expected the header {PRICE_HEADER})")
-        if header.index(name) != position:
-            raise FileFormatError(path, 1, name, "column appears twice")
-    missing = [name for name in PRICE_COLUMNS if name not in header]
-    if missing:
-        raise FileFormatError(path, 1, missing[0], f"missing column (expected the header {PRICE_HEADER})")
 
 
 def read_articles(path: str, progress: Progress | None = None) -> Iterator[dict]:

@@ -446,10 +446,12 @@ class _CsvBody:
         return copy_line + 1 + (self._offsets[at] if at >= 0 else 0)
 
 
-def _csv_header(handle, path: str) -> tuple[list[str], int] | None:
-    """The column names of the header line (BOM, spaces and case ignored) and its size in bytes.
+def price_csv_header(handle, path: str) -> tuple[list[str], int] | None:
+    """The column names of a price CSV file's header line and the line's size in bytes.
 
-    ``None`` for an empty file.
+    Reads one line of the binary file ``handle`` (BOM, spaces and case
+    ignored); ``None`` for an empty file. ``DataValidationError`` naming
+    ``path``, line 1 and the column for an unknown, repeated or missing one.
     """
     first = handle.readline(_MAX_LINE)
     if not first:
@@ -807,7 +809,7 @@ class PriceRepository(BaseRepository[Price]):
 
     def _copy_csv(self, path: str, interval: str, progress) -> int:
         with open(path, "rb") as handle:  # before the session: a missing file is an OSError, no transaction
-            found = _csv_header(handle, path)
+            found = price_csv_header(handle, path)
             if found is None:
                 return 0
             header, header_bytes = found

@@ -217,6 +217,16 @@ def test_ingest_prices_upsert_keeps_the_last_of_a_bar_repeated_in_the_file(db, r
         assert cur.fetchall() == [(Decimal("10.4"),)]
 
 
+def test_ingest_prices_upsert_names_the_header_column_and_line_like_the_copy_path(db, raw, tmp_path, database_url):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"{HEADER},vwap\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10\n")
+    message = fails("ingest", "prices", path, "--upsert", "--database", database_url)
+    assert "line 1, field 'vwap'" in message and "expected a column of the header" in message
+    path.write_bytes(f"\ufeff{HEADER}\n\nTEST,2024-01-03T14:30:00Z,10,11,9,10,x\n".encode())
+    assert "line 3, field 'volume'" in fails("ingest", "prices", path, "--upsert", "--database", database_url)
+    assert count(raw, "prices") == 0
+
+
 BAD_PRICE_FILES = [
     # (name, file text, line, field or None, words in the message)
     ("non-numeric price on line 7", "\n".join([HEADER] + _bars(5) + ["TEST,2024-01-03T14:30:00Z,ten,11,9,10,1"]),
