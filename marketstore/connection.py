@@ -453,16 +453,16 @@ class DatabaseConnection:
                 db.close_transaction(commit=False, broken=is_connection_lost(exc))
                 raise
             db.close_transaction(commit=True)
-        except DRIVER_ERRORS as exc:
-            error = translate(exc, f"{operation} {model}".strip())
-            _log_once(error, operation, model, started)
-            raise error from exc
-        except MarketstoreError as exc:
+        except MarketstoreError as exc:  # first: our errors are Peewee exceptions too
             # A driver error a repository turned into a precise one itself (a COPY
             # line mapped back to the file's) is logged here, once for nested sessions.
             if driver_error(exc) is not None:
                 _log_once(exc, operation, model, started)
             raise
+        except DRIVER_ERRORS as exc:
+            error = translate(exc, f"{operation} {model}".strip())
+            _log_once(error, operation, model, started)
+            raise error from exc
 
     def health_check(self) -> bool:
         """True when a round trip to the server succeeds; never raises."""

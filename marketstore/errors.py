@@ -16,46 +16,73 @@ class MarketstoreError(Exception):
     """Base class of every error raised by marketstore."""
 
 
+# Each translated error also derives from the Peewee exception a plain Peewee
+# user would catch for it (``except peewee.IntegrityError`` keeps working around
+# repository calls), and MarketstoreError stays the one root of our own.
 class ConfigurationError(MarketstoreError, ValueError):
     """A setting (environment variable or option) has a bad value."""
 
 
-class DatabaseConnectionError(MarketstoreError):
+class DatabaseConnectionError(MarketstoreError, peewee.OperationalError):
     """The server could not be reached, or the connection was lost."""
 
 
-class PoolExhaustedError(DatabaseConnectionError):
+class PoolExhaustedError(DatabaseConnectionError, MaxConnectionsExceeded):
     """Every pooled connection stayed in use for longer than ``pool_timeout``."""
 
 
-class TransactionError(MarketstoreError):
+class TransactionError(MarketstoreError, peewee.DatabaseError):
     """A transaction failed and was rolled back."""
 
 
-class IntegrityViolation(TransactionError):
+class IntegrityViolation(TransactionError, peewee.IntegrityError):
     """A unique, foreign-key, not-null or check constraint refused the write."""
 
 
-class SerializationFailure(TransactionError):
+class SerializationFailure(TransactionError, peewee.OperationalError):
     """A deadlock or serialization conflict: the whole transaction is safe to retry."""
 
 
-class QueryError(MarketstoreError):
+class QueryError(MarketstoreError, peewee.DatabaseError):
     """A statement failed (bad SQL, statement timeout, missing table...)."""
 
 
-class NotFoundError(QueryError):
+class NotFoundError(QueryError, peewee.DoesNotExist):
     """The requested row does not exist."""
 
 
 class DataValidationError(MarketstoreError, ValueError):
-    """Input refused before it reached the server; the message names field and value."""
+    """Input refused before it reached the server.
 
-    def __init__(self, field: str, value, expected: str):
+    Attributes: ``field`` (the bare column or parameter name), ``value``,
+    ``expected``, and where known ``source`` (a file's path) with ``line``
+    (the physical line of the file, the header being line 1), or ``row``
+    (1-based position of a row among the rows given).
+    """
+
+    def __init__(self, field: str, value, expected: str, *, source: str | None = None,
+                 line: int | None = None, row: int | None = None):
         self.field = field
         self.value = value
         self.expected = expected
-        super().__init__(f"{field}={_short(value)}: expected {expected}")
+        self.source, self.line, self.row = source, line, row
+        super().__init__(f"{self.location}{field}={_short(value)}: expected {expected}")
+
+    @property
+    def location(self) -> str:
+        """``"<source>, line N: "``, ``"row N: "`` or ``""``: where the bad value was."""
+        parts = [self.source, None if self.line is None else f"line {self.line}",
+                 None if self.row is None else f"row {self.row}"]
+        where = ", ".join(p for p in parts if p is not None)
+        return f"{where}: " if where else ""
+
+    def at(self, *, source: str | None = None, line: int | None = None,
+           row: int | None = None) -> "DataValidationError":
+        """A copy of this error located in a file (``source``, ``line``) or a row (``row``)."""
+        return DataValidationError(self.field, self.value, self.expected,
+                                   source=self.source if source is None else source,
+                                   line=self.line if line is None else line,
+                                   row=self.row if row is None else row)
 
 
 def _short(value, limit: int = 80) -> str:
@@ -140,4 +167,8 @@ def translate(exc: BaseException, context: str = "") -> MarketstoreError:
 
 
 DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException, MaxConnectionsExceeded)
-"""What :func:`translate` expects; catch exactly these at the boundary."""
+"""What :func:`translate` expects; catch exactly these at the boundary.
+
+Our own errors are Peewee exceptions too: catch ``MarketstoreError`` first
+wherever both can arrive, or they would be translated (to themselves) again.
+"""
