@@ -34,6 +34,7 @@ RESAMPLE_MINUTES = 30 * 24 * 60  # a month of minute bars
 SCALING_WINDOW = 10_000
 SESSION_THREADS, SESSION_TRANSACTIONS = 4, 2000
 SESSION_SQL = "SELECT close FROM prices WHERE id = %s"
+SELECT_ONE = "SELECT %s"  # SELECT 1, echoing the id so that the check sees every transaction ran
 FLAT = 1.2  # per-row cost or read time may grow by at most this factor with the table
 MEMORY_LIMIT_MB = 150
 
@@ -267,8 +268,8 @@ def resample(ctx: Context) -> Iterator[Comparison]:
 
 
 # -- 5. sessions ------------------------------------------------------------------------
-def run_threads(transaction: Callable, ids_per_thread: list[list[int]]) -> list:
-    """Each thread runs one transaction per id; returns the values, thread by thread."""
+def run_threads(transaction: Callable, ids_per_thread: list[list[int]], sql: str = SESSION_SQL) -> list:
+    """Each thread runs one transaction of ``sql`` per id; returns the values, thread by thread."""
     results: list = [None] * len(ids_per_thread)
     errors: list = []
     start = threading.Barrier(len(ids_per_thread))
@@ -276,7 +277,7 @@ def run_threads(transaction: Callable, ids_per_thread: list[list[int]]) -> list:
     def worker(number, ids):
         try:
             start.wait()
-            results[number] = [transaction(SESSION_SQL, (i,)) for i in ids]
+            results[number] = [transaction(sql, (i,)) for i in ids]
         except BaseException as exc:  # reported by the check, not lost in a thread
             errors.append(exc)
 
@@ -328,6 +329,20 @@ def sessions(ctx: Context) -> Iterator[Comparison]:
         "transactions", "psycopg2 ThreadedConnectionPool", contenders,
         [Target("get_db_session() (pre-ping on)", "psycopg2 ThreadedConnectionPool", "speed>=", 0.8),
          ahead("get_db_session() (pre-ping on)", "SQLAlchemy QueuePool (pre-ping)")],
+    )
+    # The plainest session a service opens: nothing but the pool and the transaction.
+    plain = [
+        Contender("psycopg2 ThreadedConnectionPool", lambda: run_threads(raw_pool.transaction, ids, SELECT_ONE),
+                  "reference", note="getconn, SELECT %s, commit, putconn; no ping"),
+        Contender("get_db_session() (pre-ping on)",
+                  lambda: run_threads(marketstore_transaction, ids, SELECT_ONE)),
+    ]
+    for c in plain:
+        c.check = lambda result: expect(result, ids, "values echoed by every transaction")
+    yield Comparison(
+        "sessions", f"{SESSION_THREADS} threads x {per_thread:,} SELECT 1 transactions", SESSION_THREADS * per_thread,
+        "transactions", "psycopg2 ThreadedConnectionPool", plain,
+        [Target("get_db_session() (pre-ping on)", "psycopg2 ThreadedConnectionPool", "speed>=", 0.8)],
     )
 
 

@@ -16,8 +16,6 @@ import os
 import random
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from .config import Settings, load_settings
 from .database import PooledPostgresqlExtDatabase, database_proxy
@@ -62,7 +60,80 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     return PooledPostgresqlExtDatabase(
         dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
         timeout=settings.pool_timeout or None, pool_size=settings.pool_size, pre_ping=settings.pool_pre_ping,
-        **params)
+        ping_after_idle=None, **params)
+
+
+class Session:
+    """``with connection.session() as db:`` -- see :meth:`DatabaseConnection.session`.
+
+    A class rather than a generator-based context manager: it is entered and
+    left once per transaction, on the hot path of every repository call.
+    """
+
+    __slots__ = ("_connection", "_operation", "_model", "_db", "_started", "_atomic")
+
+    def __init__(self, connection: "DatabaseConnection", operation: str, model: str):
+        self._connection, self._operation, self._model = connection, operation, model
+
+    def __enter__(self) -> PooledPostgresqlExtDatabase:
+        db = self._db = self._connection.database
+        self._started = time.perf_counter()
+        # The models' database_proxy is this database until the block ends.
+        database_proxy.push(db)
+        try:
+            if db.is_closed():
+                # Outermost: the driver's own BEGIN/COMMIT (the fast path of
+                # PooledPostgresqlExtDatabase.open_transaction).
+                self._atomic = None
+                db.open_transaction()
+            else:
+                # Nested, or inside plain Peewee use of the thread's connection:
+                # atomic() makes a savepoint, or a transaction if none is open.
+                atomic = self._atomic = db.atomic()
+                atomic.__enter__()
+        except BaseException as exc:
+            database_proxy.pop()
+            error = self._translated(exc)
+            if error is None:
+                raise
+            raise error from exc
+        return db
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        db = self._db
+        try:
+            if self._atomic is not None:
+                self._atomic.__exit__(exc_type, exc, tb)
+            elif exc is None:
+                db.close_transaction(commit=True)
+            else:
+                db.close_transaction(commit=False, broken=is_connection_lost(exc))
+        except BaseException as failure:  # COMMIT failed: the server rolled back
+            error = self._translated(failure)
+            if error is None:
+                raise
+            raise error from failure
+        finally:
+            database_proxy.pop()
+        if exc is not None:
+            error = self._translated(exc)
+            if error is not None:
+                raise error from exc
+        return False
+
+    def _translated(self, exc: BaseException) -> MarketstoreError | None:
+        """What to raise instead of ``exc`` (a driver error, translated and logged), or ``None``."""
+        if isinstance(exc, MarketstoreError):  # first: our errors are Peewee exceptions too
+            # A driver error a repository turned into a precise one itself (a COPY
+            # line mapped back to the file's) is logged here, once for nested sessions.
+            if driver_error(exc) is not None:
+                _log_once(exc, self._operation, self._model, self._started)
+            return None
+        if isinstance(exc, DRIVER_ERRORS):
+            error = translate(exc, f"{self._operation} {self._model}".strip())
+            _log_once(error, self._operation, self._model, self._started)
+            return error
+        return None
 
 
 def _log_once(error: MarketstoreError, operation: str, model: str, started: float) -> None:
@@ -112,8 +183,7 @@ class DatabaseConnection:
     def is_initialized(self) -> bool:
         return self._db is not None
 
-    @contextmanager
-    def session(self, operation: str = "session", model: str = "") -> Iterator[PooledPostgresqlExtDatabase]:
+    def session(self, operation: str = "session", model: str = "") -> "Session":
         """Check a connection out and run the block in a transaction.
 
         Commits on success; on any exception rolls back and re-raises, driver
@@ -123,38 +193,7 @@ class DatabaseConnection:
         as does ``db.atomic()`` inside. ``db.commit()``/``db.rollback()`` inside
         end the work so far, and the session goes on in a new transaction.
         """
-        db = self.database
-        started = time.perf_counter()
-        # The models' database_proxy is this database until the block ends.
-        database_proxy.push(db)
-        try:
-            if not db.is_closed():
-                # Nested, or inside plain Peewee use of the thread's connection:
-                # atomic() makes a savepoint, or a transaction if none is open.
-                with db.atomic():
-                    yield db
-                return
-            # Outermost: the driver's own BEGIN/COMMIT (the fast path of
-            # PooledPostgresqlExtDatabase.open_transaction).
-            db.open_transaction()
-            try:
-                yield db
-            except BaseException as exc:
-                db.close_transaction(commit=False, broken=is_connection_lost(exc))
-                raise
-            db.close_transaction(commit=True)
-        except MarketstoreError as exc:  # first: our errors are Peewee exceptions too
-            # A driver error a repository turned into a precise one itself (a COPY
-            # line mapped back to the file's) is logged here, once for nested sessions.
-            if driver_error(exc) is not None:
-                _log_once(exc, operation, model, started)
-            raise
-        except DRIVER_ERRORS as exc:
-            error = translate(exc, f"{operation} {model}".strip())
-            _log_once(error, operation, model, started)
-            raise error from exc
-        finally:
-            database_proxy.pop()
+        return Session(self, operation, model)
 
     def in_transaction(self) -> bool:
         """True when this thread has a transaction open on this connection's database."""

@@ -33,6 +33,7 @@ class _SessionMark:
 
 
 _SESSION = _SessionMark()
+_COMMIT_CALLBACKS = hasattr(peewee.Database, "_run_commit_callbacks")  # Peewee 4's after_commit()
 
 
 class _ConnectionContext:
@@ -72,19 +73,24 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
     connection's creation after which it is replaced) and ``timeout``
     (seconds a checkout waits when all are in use; ``None``: no wait, ``0``:
     for ever) mean what they mean for Peewee's ``PooledPostgresqlExtDatabase``;
-    ``pool_size`` caps the idle connections kept and ``pre_ping`` replaces
-    connections the server dropped at checkout. ``manual_close()``,
+    ``pool_size`` caps the idle connections kept. ``pre_ping`` replaces
+    connections the server dropped at checkout; as Peewee 4's pool does, with
+    a ``SELECT 1`` at every checkout unless ``ping_after_idle`` (seconds idle
+    before a round trip is worth it; ``None``: the pool's default, 10 s) says
+    otherwise -- younger connections get a check without a round trip
+    (:class:`~marketstore.pool.ConnectionPool`). ``manual_close()``,
     ``close_idle()``, ``close_stale(age)``, ``close_all()`` and ``dispose()``
     are Peewee's pool API.
     """
 
     def __init__(self, database, max_connections: int | None = 20, stale_timeout: float | None = None,
-                 timeout: float | None = None, *, pool_size: int | None = None, pre_ping: bool = False,
-                 **kwargs):
+                 timeout: float | None = None, *, pool_size: int | None = None, pre_ping: bool = True,
+                 ping_after_idle: float | None = 0.0, **kwargs):
         # Before super().__init__, which calls init().
         self._pool = ConnectionPool(functools.partial(PostgresqlExtDatabase._connect, self),
                                     max_connections=max_connections, pool_size=pool_size,
-                                    timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping)
+                                    timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping,
+                                    ping_after_idle=ping_after_idle)
         super().__init__(database, **kwargs)
         # Peewee's connect() and close() hold this lock around _connect/_close. Our
         # _connect may wait up to `timeout` for a check-in, and a check-in needs
@@ -92,23 +98,19 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         # lock guards is per-thread state (_state is thread-local) and the pool,
         # which has its own lock, so it is not needed.
         self._lock = contextlib.nullcontext()
+        # Pushed by open_transaction(), never entered: atomic() inside sees depth 1 and
+        # makes a savepoint; its commit()/rollback() call ours. It holds no state of
+        # its own, so one serves every session of every thread.
+        self._session_transaction = self.transaction()
         _DATABASES.add(self)
 
     def init(self, database, max_connections=None, stale_timeout=None, timeout=None, *,
-             pool_size=None, pre_ping=None, **kwargs):
+             pool_size=None, pre_ping=None, ping_after_idle=None, **kwargs):
         """Peewee's ``init()``; pool limits given here apply from the next checkout."""
         super().init(database, **kwargs)
         self._pool.configure(max_connections=max_connections, pool_size=pool_size, pre_ping=pre_ping,
-                             timeout=None if timeout is None else _wait(timeout), recycle=stale_timeout)
-
-    @classmethod
-    def from_settings(cls, settings) -> "PooledPostgresqlExtDatabase":
-        """The database of a :class:`~marketstore.config.Settings` (SPEC's pool limits)."""
-        params = dict(settings.connect_params)
-        dbname = params.pop("dbname", None) or settings.database
-        return cls(dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
-                   timeout=settings.pool_timeout or None, pool_size=settings.pool_size,
-                   pre_ping=settings.pool_pre_ping, **params)
+                             timeout=None if timeout is None else _wait(timeout), recycle=stale_timeout,
+                             ping_after_idle=ping_after_idle)
 
     # -- Peewee's hooks -------------------------------------------------------
     def _connect(self):
@@ -145,21 +147,19 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         return self._pool.close_stale(age)
 
     def close_all(self) -> None:
-        """Close every connection; ones in use by other threads break."""
-        self.discard()
+        """Close every connection; ones in use by other threads break.
+
+        Like Peewee's, refuses (``OperationalError``) while this thread's
+        transaction is open: its work would be lost.
+        """
+        if not self.deferred:
+            self.close()
         self._pool.close_all()
 
     def dispose(self) -> None:
         """Forget this thread's connection and the pool's, closing none (after ``fork()``)."""
         self._state.reset()
         self._pool.dispose()
-
-    def discard(self) -> None:
-        """Forget this thread's connection and close it: it must not be reused."""
-        conn = self._state.conn
-        self._state.reset()
-        if conn is not None:
-            self._pool.checkin(conn, discard=True)
 
     def status(self) -> dict:
         """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""
@@ -178,27 +178,26 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         """Check a connection out for this thread and start a transaction on it.
 
         End it with :meth:`close_transaction`. Raises ``PoolExhaustedError``
-        after the pool's timeout, ``peewee.OperationalError`` if the server is
-        unreachable.
+        after the pool's timeout, the driver's error if the server is
+        unreachable (the caller translates; no Peewee wrapper on this path).
         """
         if self.deferred:
             raise peewee.InterfaceError("database must be initialized before opening a connection")
-        with peewee.__exception_wrapper__:
-            conn = self._pool.checkout()
+        conn = self._pool.checkout()
+        state = self._state
         try:
-            with peewee.__exception_wrapper__:
-                self._state.set_connection(conn)
-                if self.server_version is None:  # first connection only
-                    self._set_server_version(conn)
-                # Switched only when the mode changes: the switch is cheap but
-                # psycopg2 takes its connection lock without the GIL, and under
-                # contention each release of the GIL costs a thread handoff.
-                if conn.autocommit:
-                    conn.autocommit = False
-            self._state.ctx.append(_SESSION)
-            self.push_transaction(self.transaction())
+            state.set_connection(conn)
+            if self.server_version is None:  # first connection only
+                self._set_server_version(conn)
+            # Switched only when the mode changes: the switch is cheap but
+            # psycopg2 takes its connection lock without the GIL, and under
+            # contention each release of the GIL costs a thread handoff.
+            if conn.autocommit:
+                conn.autocommit = False
+            state.ctx.append(_SESSION)
+            state.transactions.append(self._session_transaction)
         except BaseException:
-            self._state.reset()
+            state.reset()
             self._pool.checkin(conn, discard=True)
             raise
 
@@ -207,31 +206,31 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
 
         ``commit=True`` commits, then runs Peewee's ``after_commit`` callbacks;
         if COMMIT fails (a deferred constraint, a serialization failure, a lost
-        connection) the server has rolled back and the driver's error, wrapped
-        by Peewee, is raised. ``commit=False`` rolls back and raises no driver
-        error: a failed rollback means a lost connection, and the caller is
-        already reporting an error of its own. ``broken=True`` skips the
-        rollback and closes the connection.
+        connection) the server has rolled back and the driver's error is
+        raised. ``commit=False`` rolls back and raises no driver error: a
+        failed rollback means a lost connection, and the caller is already
+        reporting an error of its own. ``broken=True`` skips the rollback and
+        closes the connection.
         """
-        conn = self._state.conn
+        state = self._state
+        conn = state.conn
         if conn is None:  # open_transaction() failed: nothing checked out
             return
         # Emptied before COMMIT (Peewee 4 pops its transaction first too), so
         # after_commit callbacks run outside the transaction.
-        del self._state.transactions[:]
+        del state.transactions[:]
         try:
             if commit:
-                with peewee.__exception_wrapper__:
-                    conn.commit()
+                conn.commit()
+                if _COMMIT_CALLBACKS:
+                    self._run_commit_callbacks()
             elif not broken:
                 try:
                     conn.rollback()
                 except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
                     broken = True
-            if commit and hasattr(self, "_run_commit_callbacks"):  # Peewee 4's after_commit()
-                self._run_commit_callbacks()
         finally:
-            self._state.reset()
+            state.reset()
             self._pool.checkin(conn, discard=broken)
 
     def _driver_transaction(self) -> bool:

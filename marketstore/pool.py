@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import select
 import threading
 import time
 import weakref
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_UNKNOWN
+from psycopg2.extensions import POLL_OK, TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_UNKNOWN
 
 from .errors import DRIVER_ERRORS, PoolExhaustedError
 
@@ -39,24 +38,19 @@ logger = logging.getLogger(__name__)
 FULL_PING_AFTER_IDLE = 10.0
 
 
-class _Idle(NamedTuple):
-    conn: Any
-    created: float
-    returned: float
-
-
-class _Busy(NamedTuple):
-    conn: Any
-    created: float
-    checked_out: float
-
-
+# Entries are plain tuples (a NamedTuple costs a microsecond to build, twice per
+# transaction): idle (conn, created, returned); busy id(conn) -> (conn, created,
+# checked_out). Times are time.monotonic().
 class ConnectionPool:
     """Connections made by ``connect()`` (a callable), handed out one per checkout.
 
     ``timeout`` is the longest a checkout waits for a free slot: ``0`` means
     not at all, ``math.inf`` for ever. ``pool_size=None`` keeps every
-    returned connection; ``recycle=None`` never retires one for age.
+    returned connection; ``recycle=None`` never retires one for age. With
+    ``pre_ping``, a checkout reads what the server sent an idle connection
+    (a terminated backend's last words) without a round trip, and sends a
+    ``SELECT 1`` when the connection was idle ``ping_after_idle`` seconds or
+    more (``None``: :data:`FULL_PING_AFTER_IDLE`; ``0``: every checkout).
     Thread-safe; after ``os.fork()`` the child starts with an empty pool (the
     parent's connections are forgotten, never closed: closing would end the
     parent's sessions on the server).
@@ -64,27 +58,29 @@ class ConnectionPool:
 
     def __init__(self, connect: Callable[[], Any], *, max_connections: int | None = 30,
                  pool_size: int | None = None, timeout: float = 0.0, recycle: float | None = None,
-                 pre_ping: bool = False):
+                 pre_ping: bool = False, ping_after_idle: float | None = None):
         self._new = connect
         self._lock = threading.Lock()  # entered directly: Condition's own __enter__ is Python code
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # checkouts waiting for a slot: check-ins notify only then
-        self._idle: list[_Idle] = []  # LIFO: the warmest connection first
-        self._busy: dict[int, _Busy] = {}  # id(conn) -> slot
+        self._idle: list[tuple] = []  # LIFO: the warmest connection first
+        self._busy: dict[int, tuple] = {}
         self._opening = 0  # connects in progress: slots taken, no connection yet
         self.max_connections = max_connections
         self.pool_size = pool_size
         self.timeout = timeout
         self.recycle = recycle
         self.pre_ping = pre_ping
+        self.ping_after_idle = ping_after_idle
         _POOLS.add(self)
 
     def configure(self, *, max_connections=None, pool_size=None, timeout=None, recycle=None,
-                  pre_ping=None) -> None:
+                  pre_ping=None, ping_after_idle=None) -> None:
         """Change the limits given (``None`` keeps one); they apply from the next checkout."""
         with self._lock:
             for name, value in (("max_connections", max_connections), ("pool_size", pool_size),
-                                ("timeout", timeout), ("recycle", recycle), ("pre_ping", pre_ping)):
+                                ("timeout", timeout), ("recycle", recycle), ("pre_ping", pre_ping),
+                                ("ping_after_idle", ping_after_idle)):
                 if value is not None:
                     setattr(self, name, value)
             self._notify(every=True)
@@ -115,12 +111,20 @@ class ConnectionPool:
                 if not self._idle:
                     self._opening += 1
                     break
-                conn, created, returned = self._idle.pop()
+                idle = self._idle
+                conn, created, returned = idle.pop()
+                now = time.monotonic()
                 # Counted as in use while it is checked: the check may be a round trip,
                 # which must not hold the lock (a server that does not answer would
                 # otherwise stall every checkout, check-in and status read).
-                self._busy[id(conn)] = _Busy(conn, created, time.monotonic())
-            if not self._expired(created) and self._alive(conn, returned):
+                self._busy[id(conn)] = (conn, created, now)
+                # LIFO leaves the least recently used at the bottom: retire it when it
+                # has outlived `recycle`, one per checkout, so a quiet pool shrinks too.
+                recycle = self.recycle
+                stale = idle.pop(0) if recycle and idle and now - idle[0][1] > recycle else None
+            if stale is not None:
+                self._close_raw(stale[0])
+            if not (recycle and now - created > recycle) and self._alive(conn, now - returned):
                 return conn
             self._forget(conn)
             self._close_raw(conn)
@@ -134,7 +138,7 @@ class ConnectionPool:
         now = time.monotonic()
         with self._lock:
             self._opening -= 1
-            self._busy[id(conn)] = _Busy(conn, now, now)
+            self._busy[id(conn)] = (conn, now, now)
         return conn
 
     def _notify(self, every: bool = False) -> None:
@@ -146,23 +150,28 @@ class ConnectionPool:
         cap = self.max_connections
         return bool(cap) and len(self._busy) + self._opening >= cap
 
-    def _expired(self, created: float) -> bool:
-        return bool(self.recycle) and time.monotonic() - created > self.recycle
-
-    def _alive(self, conn, returned: float) -> bool:
+    def _alive(self, conn, idle_for: float) -> bool:
         if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
             return False
         if not self.pre_ping:
             return True
         # A backend that was terminated (pg_terminate_backend, restart, crash)
-        # has sent its FATAL message and closed the socket, so the socket polls
-        # readable; a healthy idle connection has nothing to read. That costs a
-        # syscall instead of a round trip on every checkout.
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        if poller.poll(0):
+        # has sent its FATAL message and closed the socket. conn.poll() reads
+        # what arrived without blocking and without releasing the GIL (a
+        # select() here cost a GIL handoff per checkout under contention): the
+        # end of the stream raises, and the FATAL message arrives as a notice.
+        # Any notice on an idle connection is reason enough to replace it.
+        notices = conn.notices
+        last = notices[-1] if notices else None
+        try:
+            if conn.poll() != POLL_OK:
+                return False
+        except DRIVER_ERRORS:
             return False
-        if time.monotonic() - returned < FULL_PING_AFTER_IDLE:
+        if notices and notices[-1] is not last:
+            return False
+        after = self.ping_after_idle
+        if idle_for < (FULL_PING_AFTER_IDLE if after is None else after):
             return True
         # Long idle: a silent network drop would not show on the socket.
         autocommit = conn.autocommit
@@ -183,17 +192,18 @@ class ConnectionPool:
         :meth:`close_stale` meanwhile, or inherited across ``fork()``) is left alone.
         """
         slot = self._busy.get(id(conn))  # a dict read: atomic, no lock needed
-        if slot is None or slot.conn is not conn:
+        if slot is None or slot[0] is not conn:
             logger.debug("connection %x not checked out of this pool: ignored", id(conn))
             return
+        created, now, recycle = slot[1], time.monotonic(), self.recycle
         # _reusable() may roll back (a round trip): not under the lock.
-        keep = not discard and not self._expired(slot.created) and self._reusable(conn)
+        keep = not discard and not (recycle and now - created > recycle) and self._reusable(conn)
         with self._lock:
             if self._busy.pop(id(conn), None) is None:  # closed by close_all() meanwhile
                 return
             keep = keep and (self.pool_size is None or len(self._idle) < self.pool_size)
             if keep:
-                self._idle.append(_Idle(conn, slot.created, time.monotonic()))
+                self._idle.append((conn, created, now))
             self._notify()
         if not keep:
             self._close_raw(conn)
@@ -230,19 +240,19 @@ class ConnectionPool:
         with self._lock:
             idle, self._idle = self._idle, []
         for entry in idle:
-            self._close_raw(entry.conn)
+            self._close_raw(entry[0])
         return len(idle)
 
     def close_stale(self, age: float = 600) -> int:
         """Close connections checked out more than ``age`` seconds ago (their users' next query fails)."""
         cutoff = time.monotonic() - age
         with self._lock:
-            stale = [slot for slot in self._busy.values() if slot.checked_out < cutoff]
-            for slot in stale:
-                del self._busy[id(slot.conn)]
+            stale = [slot[0] for slot in self._busy.values() if slot[2] < cutoff]
+            for conn in stale:
+                del self._busy[id(conn)]
             self._notify(every=True)
-        for slot in stale:
-            self._close_raw(slot.conn)
+        for conn in stale:
+            self._close_raw(conn)
         return len(stale)
 
     def close_all(self) -> None:
@@ -252,7 +262,7 @@ class ConnectionPool:
             self._notify(every=True)
         self.close_idle()
         for slot in busy:
-            self._close_raw(slot.conn)
+            self._close_raw(slot[0])
 
     def dispose(self) -> None:
         """Forget every connection without closing it: for a child process after ``fork()``."""

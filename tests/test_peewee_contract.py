@@ -240,3 +240,36 @@ def test_a_forked_child_never_uses_the_parent_s_connections(pooled, raw, explici
     # The parent's connection is intact and still its own.
     assert database.execute_sql("SELECT pg_backend_pid()").fetchone()[0] == parent_pid
     database.close()
+
+
+def test_close_all_refuses_while_this_thread_s_transaction_is_open(pooled, raw):
+    database = pooled.database
+    with database.atomic():
+        Price.insert(bar()).execute()
+        with pytest.raises(peewee.OperationalError):
+            database.close_all()
+    database.close()
+    with raw.cursor() as cur:
+        cur.execute("SELECT count(*) FROM prices")
+        assert cur.fetchone() == (1,)  # the work was not lost
+
+
+def test_a_peewee_style_pool_pings_every_checkout(database_url, raw):
+    # As Peewee 4's own pool: a SELECT 1 at each checkout, so a backend terminated
+    # a moment ago is replaced, not handed out.
+    params = peewee_params(database_url)
+    name = app_name()
+    database = PooledPostgresqlExtDatabase(params.pop("database"), max_connections=2, application_name=name,
+                                           **params)
+    try:
+        for _ in range(5):
+            database.connect()
+            pid = database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+            database.close()
+            with raw.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            database.connect()
+            assert database.execute_sql("SELECT pg_backend_pid()").fetchone()[0] != pid
+            database.close()
+    finally:
+        database.close_all()
