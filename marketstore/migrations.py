@@ -236,7 +236,7 @@ def run_migrations(url: str | None = None) -> list[str]:
         if not db_connection.is_initialized:
             db_connection.initialize()
         return DatabaseMigration(db_connection).migrate()
-    connection = DatabaseConnection(bind_models=False).initialize(url, pool_size=1, max_overflow=0)
+    connection = DatabaseConnection().initialize(url, pool_size=1, max_overflow=0)
     try:
         return DatabaseMigration(connection).migrate()
     finally:

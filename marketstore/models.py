@@ -19,7 +19,6 @@ from peewee import (
     SQL,
     BigAutoField,
     CharField,
-    DatabaseProxy,
     DecimalField,
     DoubleField,
     Field,
@@ -30,10 +29,9 @@ from peewee import (
 )
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField, TSVectorField
 
+from .database import database_proxy  # re-exported: the models' database
 from .errors import DataValidationError
 
-database_proxy = DatabaseProxy()
-"""Bound to the pool by ``initialize_database()``; nothing connects at import."""
 
 UTC = dt.timezone.utc
 MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller

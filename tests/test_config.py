@@ -134,7 +134,7 @@ def test_url_options_reach_the_server_alongside_ours(database_url, shape):
     # The test server's URL may already carry a query (the embedded one: ?host=SOCKET_DIR):
     # both shapes run whichever server the tests use.
     url = with_query(shape(database_url), "sslmode=disable&connect_timeout=5&options=-c%20work_mem%3D1234kB")
-    conn = marketstore.DatabaseConnection(bind_models=False).initialize(url, application_name="mst_cfg")
+    conn = marketstore.DatabaseConnection().initialize(url, application_name="mst_cfg")
     try:
         with conn.session() as db:
             assert db.execute_sql("SHOW work_mem").fetchone() == ("1234kB",)
@@ -169,7 +169,7 @@ def test_libpq_variables_connect_to_a_real_server(database_url, monkeypatch):
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"), ("PGDATABASE", "dbname")):
         if key in params:
             monkeypatch.setenv(var, params[key])
-    conn = marketstore.DatabaseConnection(bind_models=False).initialize()
+    conn = marketstore.DatabaseConnection().initialize()
     try:
         with conn.session() as db:
             assert db.execute_sql("SELECT current_database()").fetchone() == (params["dbname"],)

@@ -35,7 +35,7 @@ from marketstore import (
     get_db_session,
     initialize_database,
 )
-from marketstore import connection as connection_module
+from marketstore import pool as pool_module
 from helpers import count_rows, eventually
 
 UTC = dt.timezone.utc
@@ -227,7 +227,7 @@ def test_pool_options_from_the_environment_take_effect(db, database_url, monkeyp
 def test_pre_ping_replaces_an_idle_connection_the_server_dropped(db, raw, database_url, monkeypatch,
                                                                  full_ping_after, caplog):
     # Both pre-ping paths: the cheap socket poll, and the SELECT 1 for long-idle ones.
-    monkeypatch.setattr(connection_module, "FULL_PING_AFTER_IDLE", full_ping_after)
+    monkeypatch.setattr(pool_module, "FULL_PING_AFTER_IDLE", full_ping_after)
     name = app_name()
     conn = initialize_database(database_url, application_name=name)
     with get_db_session() as session:
@@ -395,6 +395,11 @@ def test_nested_session_shares_the_outer_connection(db):
     assert db.pool_status()["in_use"] == 0
 
 
+@pytest.fixture
+def peewee_error(error):
+    return peewee.IntegrityError if error is IntegrityViolation else peewee.DatabaseError
+
+
 @pytest.mark.parametrize("sql, error, pgerror", [
     ("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
      "VALUES ('DUP', '2024-01-01', 1, 1, 1, 1, 1)", IntegrityViolation, psycopg2.errors.UniqueViolation),
@@ -407,7 +412,7 @@ def test_nested_session_shares_the_outer_connection(db):
     ("SELECT * FROM no_such_table", QueryError, psycopg2.errors.UndefinedTable),
     ("SELECT 1 / 0", QueryError, psycopg2.errors.DivisionByZero),
 ], ids=["unique", "check", "foreign-key", "not-null", "syntax", "undefined-table", "division-by-zero"])
-def test_driver_errors_in_a_session_are_translated_and_chained(db, raw, sql, error, pgerror):
+def test_driver_errors_in_a_session_are_translated_and_chained(db, raw, sql, error, pgerror, peewee_error):
     with raw.cursor() as cur:
         cur.execute("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
                     "VALUES ('DUP', '2024-01-01', 1, 1, 1, 1, 1)")
@@ -418,7 +423,9 @@ def test_driver_errors_in_a_session_are_translated_and_chained(db, raw, sql, err
     assert isinstance(cause, (psycopg2.Error, peewee.PeeweeException))
     chain = [cause, cause.__cause__, cause.__context__] + list(getattr(cause, "args", ()))
     assert any(isinstance(link, pgerror) for link in chain), chain
-    assert not isinstance(info.value, (psycopg2.Error, peewee.PeeweeException))
+    assert not isinstance(info.value, psycopg2.Error) and info.value is not cause
+    # Plain Peewee habits keep working: the translated error is also Peewee's own.
+    assert isinstance(info.value, peewee_error)
     # The connection survived the failed statement and went back to the pool.
     assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
     with get_db_session() as session:
@@ -509,7 +516,7 @@ def test_health_check_and_status_on_a_live_server(db):
 
 
 def test_uninitialized_connection_reports_instead_of_connecting():
-    conn = DatabaseConnection(bind_models=False)
+    conn = DatabaseConnection()
     assert conn.pool_status() == {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0}
     assert conn.health_check() is False
     with pytest.raises(DatabaseConnectionError, match="initialize"):
@@ -518,7 +525,7 @@ def test_uninitialized_connection_reports_instead_of_connecting():
 
 
 def test_private_connection_does_not_rebind_the_models(db, create_database):
-    other = DatabaseConnection(bind_models=False).initialize(create_database())
+    other = DatabaseConnection().initialize(create_database())
     try:
         assert marketstore.database_proxy.obj is db.database
         with other.session() as session:
@@ -640,14 +647,15 @@ def test_error_in_a_nested_session_is_logged_once(db, caplog):
     assert "create Price" in errors[0].getMessage()
 
 
-def test_models_outside_a_session_do_not_take_a_connection(db, raw, database_url):
-    # A connection opened outside session() would never be returned: its slot leaks.
+def test_plain_peewee_outside_a_session_borrows_from_the_pool_and_gives_back(db, raw, database_url):
+    # Peewee's autoconnect: a query outside session() checks a connection out of
+    # the same bounded pool; db.close() returns it, as Peewee documents.
     name = app_name()
     conn = initialize_database(database_url, application_name=name)
-    with pytest.raises(peewee.PeeweeException):
-        Price.select().count()
-    assert conn.pool_status()["in_use"] == 0
-    assert server_connections(raw, name) == 0
+    assert Price.select().count() == 0
+    assert conn.pool_status()["in_use"] == 1 and server_connections(raw, name) == 1
+    conn.database.close()
+    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
 
 
 def test_importing_marketstore_does_not_connect():

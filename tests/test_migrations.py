@@ -33,7 +33,7 @@ def connect():
     opened = []
 
     def connect(url: str) -> DatabaseConnection:
-        conn = DatabaseConnection(bind_models=False).initialize(url, application_name="mst_migrations")
+        conn = DatabaseConnection().initialize(url, application_name="mst_migrations")
         opened.append(conn)
         return conn
 

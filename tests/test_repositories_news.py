@@ -193,7 +193,7 @@ def test_search_migration_round_trip_indexes_existing_articles(create_database):
     """002_article_search: rollback removes the column and index; migrating again
     computes the vector for articles stored in between, and the schema verifies."""
     url = create_database()
-    connection = DatabaseConnection(bind_models=False).initialize(url, pool_size=1, max_overflow=0)
+    connection = DatabaseConnection().initialize(url, pool_size=1, max_overflow=0)
     conn = psycopg2.connect(url)
     conn.autocommit = True
 

@@ -143,7 +143,7 @@ def test_password_never_appears_in_logs_errors_reprs_or_status(cluster, app_role
         f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/{DBNAME}?connect_timeout=3",  # nothing there
     ]
     for url in failing_urls:
-        other = DatabaseConnection(bind_models=False).initialize(url, application_name=app_name())
+        other = DatabaseConnection().initialize(url, application_name=app_name())
         try:
             assert other.health_check() is False
             with pytest.raises(DatabaseConnectionError) as info:
@@ -160,7 +160,7 @@ def test_password_never_appears_in_logs_errors_reprs_or_status(cluster, app_role
     for url in [u.format(password=quote(password, safe="")) for u in BAD_URLS.values()] + [
             f"mysql://{role}:{quote(password, safe='')}@127.0.0.1/{DBNAME}"]:
         try:
-            DatabaseConnection(bind_models=False).initialize(url).close()
+            DatabaseConnection().initialize(url).close()
         except ConfigurationError as exc:
             record_error(exc)
 
@@ -206,7 +206,7 @@ BAD_URLS = {
 def test_a_refused_url_keeps_no_copy_of_the_password_on_the_exception(url):
     password = new_password()
     with pytest.raises(ConfigurationError) as info:
-        DatabaseConnection(bind_models=False).initialize(url.format(password=quote(password, safe="")))
+        DatabaseConnection().initialize(url.format(password=quote(password, safe="")))
     chain, link = [], info.value
     while link is not None and len(chain) < 10:  # what error reporters that walk the chain would find
         chain += [str(link), repr(link)]
@@ -217,7 +217,7 @@ def test_a_refused_url_keeps_no_copy_of_the_password_on_the_exception(url):
 # -- libpq parameters pass through -------------------------------------------------------
 
 def test_sslmode_require_against_a_server_without_ssl_is_a_clear_connection_error(cluster, store):
-    conn = DatabaseConnection(bind_models=False).initialize(cluster.url(DBNAME, sslmode="require"),
+    conn = DatabaseConnection().initialize(cluster.url(DBNAME, sslmode="require"),
                                                             application_name=app_name())
     try:
         with pytest.raises(DatabaseConnectionError) as info:
@@ -237,7 +237,7 @@ def test_sslmode_from_the_libpq_environment_is_passed_through(cluster, store, mo
                        "PGDATABASE": DBNAME, "PGSSLMODE": "require"}.items():
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("MARKETSTORE_DATABASE_URL", raising=False)
-    conn = DatabaseConnection(bind_models=False).initialize(application_name=app_name())
+    conn = DatabaseConnection().initialize(application_name=app_name())
     try:
         with pytest.raises(DatabaseConnectionError, match="SSL"):
             with conn.session():
@@ -245,7 +245,7 @@ def test_sslmode_from_the_libpq_environment_is_passed_through(cluster, store, mo
     finally:
         conn.close()
     monkeypatch.setenv("PGSSLMODE", "disable")
-    conn = DatabaseConnection(bind_models=False).initialize(application_name=app_name())
+    conn = DatabaseConnection().initialize(application_name=app_name())
     try:
         assert conn.health_check() is True
     finally:

@@ -1,0 +1,329 @@
+"""The Peewee side of the connection layer: the pooled database class and ``database_proxy``.
+
+:class:`PooledPostgresqlExtDatabase` is a plain ``PostgresqlExtDatabase`` whose
+``_connect``/``_close`` check connections out of and into a
+:class:`~marketstore.pool.ConnectionPool`; everything else is Peewee's own, so
+plain Peewee code (queries outside a session, ``atomic()``,
+``connection_context()``, ``with db:``) works as Peewee documents it. One
+override adds the fast path of :meth:`DatabaseConnection.session`.
+
+:data:`database_proxy`, the models' database, resolves to the database of this
+thread's innermost session, else to the default one: a repository given its
+own connection runs its ORM queries there, and a session can be served by
+another database (a replica) without the models knowing.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import weakref
+
+import peewee
+from playhouse.postgres_ext import PostgresqlExtDatabase
+
+from .errors import DRIVER_ERRORS
+from .pool import ConnectionPool
+
+
+class _SessionMark:
+    """Held in ``_state.ctx`` while a session owns the thread's connection, so that a
+    ``connection_context()`` or ``with db:`` inside it does not close the connection on exit."""
+
+
+_SESSION = _SessionMark()
+
+
+class _ConnectionContext:
+    """``db.connection_context()``: opens a connection if none is open, closes it on
+    leaving the outermost such block (Peewee 4's rule; Peewee 3.17 always closed,
+    which inside a session would end the session's transaction)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        if self.db.is_closed():
+            self.db.connect()
+        self.db._state.ctx.append(self)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        ctx = self.db._state.ctx
+        if ctx and ctx[-1] is self:
+            ctx.pop()
+        if not ctx:
+            self.db.close()
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with type(self)(self.db):
+                return fn(*args, **kwargs)
+        return inner
+
+
+class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
+    """``PostgresqlExtDatabase`` on a bounded pool; Peewee's pool parameters, plus two.
+
+    ``max_connections`` (open at most), ``stale_timeout`` (seconds from a
+    connection's creation after which it is replaced) and ``timeout``
+    (seconds a checkout waits when all are in use; ``None``: no wait, ``0``:
+    for ever) mean what they mean for Peewee's ``PooledPostgresqlExtDatabase``;
+    ``pool_size`` caps the idle connections kept and ``pre_ping`` replaces
+    connections the server dropped at checkout. ``manual_close()``,
+    ``close_idle()``, ``close_stale(age)``, ``close_all()`` and ``dispose()``
+    are Peewee's pool API.
+    """
+
+    def __init__(self, database, max_connections: int | None = 20, stale_timeout: float | None = None,
+                 timeout: float | None = None, *, pool_size: int | None = None, pre_ping: bool = False,
+                 **kwargs):
+        # Before super().__init__, which calls init().
+        self._pool = ConnectionPool(functools.partial(PostgresqlExtDatabase._connect, self),
+                                    max_connections=max_connections, pool_size=pool_size,
+                                    timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping)
+        super().__init__(database, **kwargs)
+        # Peewee's connect() and close() hold this lock around _connect/_close. Our
+        # _connect may wait up to `timeout` for a check-in, and a check-in needs
+        # close(): under one lock that would deadlock until the timeout. What the
+        # lock guards is per-thread state (_state is thread-local) and the pool,
+        # which has its own lock, so it is not needed.
+        self._lock = contextlib.nullcontext()
+        _DATABASES.add(self)
+
+    def init(self, database, max_connections=None, stale_timeout=None, timeout=None, *,
+             pool_size=None, pre_ping=None, **kwargs):
+        """Peewee's ``init()``; pool limits given here apply from the next checkout."""
+        super().init(database, **kwargs)
+        self._pool.configure(max_connections=max_connections, pool_size=pool_size, pre_ping=pre_ping,
+                             timeout=None if timeout is None else _wait(timeout), recycle=stale_timeout)
+
+    @classmethod
+    def from_settings(cls, settings) -> "PooledPostgresqlExtDatabase":
+        """The database of a :class:`~marketstore.config.Settings` (SPEC's pool limits)."""
+        params = dict(settings.connect_params)
+        dbname = params.pop("dbname", None) or settings.database
+        return cls(dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
+                   timeout=settings.pool_timeout or None, pool_size=settings.pool_size,
+                   pre_ping=settings.pool_pre_ping, **params)
+
+    # -- Peewee's hooks -------------------------------------------------------
+    def _connect(self):
+        return self._pool.checkout()
+
+    def _close(self, conn):
+        self._pool.checkin(conn)
+
+    def _initialize_connection(self, conn):
+        # Pooled connections keep autocommit off between sessions (the fast path);
+        # Peewee's own mode is autocommit on, with BEGIN sent by atomic().
+        if not conn.autocommit:
+            conn.autocommit = True
+
+    def connection_context(self):
+        return _ConnectionContext(self)
+
+    # -- the pool API Peewee documents ----------------------------------------
+    def manual_close(self) -> bool:
+        """Close this thread's connection instead of returning it to the pool."""
+        if self.is_closed():
+            return False
+        if self.in_transaction():
+            raise peewee.OperationalError("Attempting to close database while transaction is open.")
+        conn = self._state.conn
+        self._state.reset()
+        self._pool.checkin(conn, discard=True)
+        return True
+
+    def close_idle(self) -> int:
+        return self._pool.close_idle()
+
+    def close_stale(self, age: float = 600) -> int:
+        return self._pool.close_stale(age)
+
+    def close_all(self) -> None:
+        """Close every connection; ones in use by other threads break."""
+        self.discard()
+        self._pool.close_all()
+
+    def dispose(self) -> None:
+        """Forget this thread's connection and the pool's, closing none (after ``fork()``)."""
+        self._state.reset()
+        self._pool.dispose()
+
+    def discard(self) -> None:
+        """Forget this thread's connection and close it: it must not be reused."""
+        conn = self._state.conn
+        self._state.reset()
+        if conn is not None:
+            self._pool.checkin(conn, discard=True)
+
+    def status(self) -> dict:
+        """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""
+        return self._pool.status()
+
+    # -- the session fast path (the one override of Peewee's transactions) ------
+    # DatabaseConnection.session() lets psycopg2 run the outermost transaction
+    # (autocommit off: BEGIN goes with the first statement, COMMIT/ROLLBACK are
+    # C calls) instead of atomic(), whose transaction objects and statements sent
+    # through new cursors were about half the client time of a short transaction
+    # (bench/RESULTS.md, "Sessions"). A transaction object is pushed (never
+    # entered), so atomic() inside makes a savepoint and in_transaction() is
+    # true. A COMMIT or ROLLBACK sent as SQL would leave psycopg2 believing one
+    # is still open, so begin/commit/rollback call the driver's while it does.
+    def open_transaction(self) -> None:
+        """Check a connection out for this thread and start a transaction on it.
+
+        End it with :meth:`close_transaction`. Raises ``PoolExhaustedError``
+        after the pool's timeout, ``peewee.OperationalError`` if the server is
+        unreachable.
+        """
+        if self.deferred:
+            raise peewee.InterfaceError("database must be initialized before opening a connection")
+        with peewee.__exception_wrapper__:
+            conn = self._pool.checkout()
+        try:
+            with peewee.__exception_wrapper__:
+                self._state.set_connection(conn)
+                if self.server_version is None:  # first connection only
+                    self._set_server_version(conn)
+                # Switched only when the mode changes: the switch is cheap but
+                # psycopg2 takes its connection lock without the GIL, and under
+                # contention each release of the GIL costs a thread handoff.
+                if conn.autocommit:
+                    conn.autocommit = False
+            self._state.ctx.append(_SESSION)
+            self.push_transaction(self.transaction())
+        except BaseException:
+            self._state.reset()
+            self._pool.checkin(conn, discard=True)
+            raise
+
+    def close_transaction(self, commit: bool, broken: bool = False) -> None:
+        """End this thread's :meth:`open_transaction` and give the connection back.
+
+        ``commit=True`` commits, then runs Peewee's ``after_commit`` callbacks;
+        if COMMIT fails (a deferred constraint, a serialization failure, a lost
+        connection) the server has rolled back and the driver's error, wrapped
+        by Peewee, is raised. ``commit=False`` rolls back and raises no driver
+        error: a failed rollback means a lost connection, and the caller is
+        already reporting an error of its own. ``broken=True`` skips the
+        rollback and closes the connection.
+        """
+        conn = self._state.conn
+        if conn is None:  # open_transaction() failed: nothing checked out
+            return
+        # Emptied before COMMIT (Peewee 4 pops its transaction first too), so
+        # after_commit callbacks run outside the transaction.
+        del self._state.transactions[:]
+        try:
+            if commit:
+                with peewee.__exception_wrapper__:
+                    conn.commit()
+            elif not broken:
+                try:
+                    conn.rollback()
+                except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
+                    broken = True
+            if commit and hasattr(self, "_run_commit_callbacks"):  # Peewee 4's after_commit()
+                self._run_commit_callbacks()
+        finally:
+            self._state.reset()
+            self._pool.checkin(conn, discard=broken)
+
+    def _driver_transaction(self) -> bool:
+        conn = self._state.conn
+        return conn is not None and not conn.autocommit
+
+    def begin(self, *args, **kwargs) -> None:
+        """``BEGIN``; inside a session a no-op (psycopg2 begins with the next statement)."""
+        if not self._driver_transaction():
+            super().begin(*args, **kwargs)
+
+    def commit(self) -> None:
+        """``COMMIT``; inside a session: of the work so far, and the session goes on in a new transaction."""
+        if self._driver_transaction():
+            with peewee.__exception_wrapper__:
+                self._state.conn.commit()
+        else:
+            super().commit()
+
+    def rollback(self) -> None:
+        """``ROLLBACK``; inside a session: of the work so far, and the session goes on in a new transaction."""
+        if self._driver_transaction():
+            with peewee.__exception_wrapper__:
+                self._state.conn.rollback()
+        else:
+            super().rollback()
+
+
+def _wait(timeout: float | None) -> float:
+    """Peewee's ``timeout`` convention (``None``: no wait, ``0``: for ever) in seconds."""
+    if timeout is None:
+        return 0.0
+    return float("inf") if timeout == 0 else float(timeout)
+
+
+_DATABASES: "weakref.WeakSet[PooledPostgresqlExtDatabase]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The forking thread's open connection belongs to the parent: forget it
+    # (the pools themselves reset in marketstore.pool).
+    for db in list(_DATABASES):
+        db._state.reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- database_proxy -----------------------------------------------------------
+class _Route(threading.local):
+    def __init__(self):
+        self.stack: list = []
+
+
+class RoutingDatabaseProxy(peewee.DatabaseProxy):
+    """A ``DatabaseProxy`` that resolves to the database of this thread's innermost
+    session (:meth:`route`), else to the one bound by ``initialize()``."""
+
+    __slots__ = ("_bound", "_route")
+
+    def __init__(self):
+        object.__setattr__(self, "_route", _Route())
+        super().__init__()
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)  # Proxy's own guard reads __slots__, which we extend
+
+    @property
+    def obj(self):
+        stack = self._route.stack
+        return stack[-1] if stack else self._bound
+
+    @obj.setter
+    def obj(self, value):
+        object.__setattr__(self, "_bound", value)
+
+    def connection_context(self):
+        return self.obj.connection_context()
+
+    def push(self, database) -> None:
+        """Route this thread's queries to ``database`` until the matching :meth:`pop`."""
+        self._route.stack.append(database)
+
+    def pop(self) -> None:
+        self._route.stack.pop()
+
+    def routed(self) -> bool:
+        """Whether this thread is inside a session (of any connection)."""
+        return bool(self._route.stack)
+
+
+database_proxy = RoutingDatabaseProxy()
+"""The models' database: this thread's session's, else the default connection's
+(bound by ``initialize_database()``); nothing connects at import."""
