@@ -5,13 +5,23 @@ A, the first 100,000 characters of content weighted B) and its GIN index, used b
 ``ArticleRepository.search``. A generated column is computed by PostgreSQL on
 every insert and update, so it can never disagree with the text, whoever writes.
 
-Written as SQL rather than ``migrator.add_fields``: peewee's ``add_column`` has
-no way to say ``GENERATED ALWAYS AS``, and older playhouse versions build the
-index without ``USING gin``. Adding a stored generated column rewrites the table
-once (an ACCESS EXCLUSIVE lock for the duration).
+Written with ``migrator.add_fields`` rather than raw SQL so that peewee-migrate's
+model state has the column: ``pw_migrate create --auto`` replays the migrations
+in memory and diffs that state against the models, and a column added by SQL
+alone would be written into every new migration again. ``GENERATED ALWAYS AS``
+rides in the field's ``constraints`` (peewee puts them after the type), and
+``TSVectorField`` asks for a GIN index, so the DDL is::
+
+    ALTER TABLE articles ADD COLUMN search_vector TSVECTOR GENERATED ALWAYS AS (...) STORED
+    CREATE INDEX articles_search_vector ON articles USING GIN (search_vector)
+
+Adding a stored generated column rewrites the table once (an ACCESS EXCLUSIVE
+lock for the duration).
 """
 import peewee as pw
+from peewee import SQL
 from peewee_migrate import Migrator
+from playhouse import postgres_ext as pw_pext
 
 SEARCH_VECTOR = (
     "setweight(to_tsvector('english'::regconfig, coalesce(title, '')), 'A') || "
@@ -21,12 +31,13 @@ SEARCH_VECTOR = (
 
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
     """Add the generated search vector and its GIN index."""
-    migrator.sql(f"ALTER TABLE articles ADD COLUMN search_vector tsvector "
-                 f"GENERATED ALWAYS AS ({SEARCH_VECTOR}) STORED")
-    migrator.sql("CREATE INDEX articles_search_vector ON articles USING gin (search_vector)")
+    migrator.add_fields(
+        "articles",
+        search_vector=pw_pext.TSVectorField(
+            null=True, index=True, constraints=[SQL(f"GENERATED ALWAYS AS ({SEARCH_VECTOR}) STORED")]),
+    )
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
-    """Drop the index and the column."""
-    migrator.sql("DROP INDEX IF EXISTS articles_search_vector")
-    migrator.sql("ALTER TABLE articles DROP COLUMN IF EXISTS search_vector")
+    """Drop the column (and with it its index)."""
+    migrator.remove_fields("articles", "search_vector")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import traceback
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -10,6 +11,36 @@ from marketstore import ConfigurationError, Settings, load_settings
 
 URL = "postgresql://alice:s3cr3t-pw@db.example:6543/market"
 BASE = {"MARKETSTORE_DATABASE_URL": URL}
+
+
+def with_query(url: str, query: str) -> str:
+    """``url`` with ``query`` (already encoded) appended to any query it has."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, query]))))
+
+
+def host_in_query(url: str) -> str:
+    """``url`` with its host and port moved into the query, the embedded server's shape."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url  # already so (a unix socket directory in ?host=)
+    userinfo = parts.netloc.rpartition("@")[0]
+    moved = f"host={quote(parts.hostname, safe='')}" + (f"&port={parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=userinfo + "@", query="&".join(filter(None, [moved, parts.query]))))
+
+
+@pytest.mark.parametrize("url, query, expected", [
+    ("postgresql://u@h/d", "sslmode=disable", "postgresql://u@h/d?sslmode=disable"),
+    ("postgresql://u@/d?host=%2Ftmp%2Fpg&port=5432", "sslmode=disable",
+     "postgresql://u@/d?host=%2Ftmp%2Fpg&port=5432&sslmode=disable"),
+])
+def test_with_query_keeps_the_query_a_url_has(url, query, expected):
+    assert with_query(url, query) == expected
+
+
+def test_host_in_query_moves_host_and_port():
+    assert host_in_query("postgresql://u:p@127.0.0.1:5432/d?a=1") == "postgresql://u:p@/d?host=127.0.0.1&port=5432&a=1"
+    assert host_in_query("postgresql://u@/d?host=%2Ftmp") == "postgresql://u@/d?host=%2Ftmp"
 
 
 def test_defaults_follow_the_original_pool_design():
@@ -97,9 +128,12 @@ def test_url_query_parameters_pass_through_to_libpq():
         "require", "7", "read-write")
 
 
-def test_url_options_reach_the_server_alongside_ours(database_url):
+@pytest.mark.parametrize("shape", [lambda url: url, host_in_query], ids=["as-given", "host-in-query"])
+def test_url_options_reach_the_server_alongside_ours(database_url, shape):
     # libpq's own `options` parameter must be merged with the UTC setting, not lost.
-    url = database_url + "?sslmode=disable&connect_timeout=5&options=-c%20work_mem%3D1234kB"
+    # The test server's URL may already carry a query (the embedded one: ?host=SOCKET_DIR):
+    # both shapes run whichever server the tests use.
+    url = with_query(shape(database_url), "sslmode=disable&connect_timeout=5&options=-c%20work_mem%3D1234kB")
     conn = marketstore.DatabaseConnection().initialize(url, application_name="mst_cfg")
     try:
         with conn.session() as db:

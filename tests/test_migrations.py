@@ -6,6 +6,7 @@ recreated schema (``migrated``).
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -170,6 +171,42 @@ def test_pw_migrate_cli_builds_the_same_schema_as_run_migrations(migrated, creat
     assert DatabaseMigration(connect(cli_url)).verify_schema() == []
     # And each recognises the other's work as done.
     assert run_migrations(cli_url) == []
+
+
+def test_pw_migrate_create_auto_on_unchanged_models_writes_nothing(migrated, tmp_path):
+    # peewee-migrate's own workflow: `create --auto` replays the applied migrations
+    # in memory (migrator.orm) and diffs that state against the models. On a
+    # schema at head it must find nothing: no column the state missed (a column
+    # added by raw SQL alone), no table for the abstract BaseModel.
+    url, _ = migrated
+    directory = tmp_path / "migrations"
+    shutil.copytree(ROOT / "migrations", directory, ignore=shutil.ignore_patterns("__pycache__"))
+    files = sorted(path.name for path in directory.iterdir())
+    pw_migrate = Path(sys.executable).parent / "pw_migrate"
+    command = [str(pw_migrate), "create", "--auto", "--auto-source", "marketstore.models",
+               "--database", url, "--directory", str(directory), "drift"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    written = sorted(set(path.name for path in directory.iterdir()) - set(files))
+    assert written == [], [(directory / name).read_text().partition("def migrate")[2] for name in written]
+    # Also what an import failure of --auto-source would leave: no file, but no diff either.
+    assert "No changes found" in output, output
+
+    # The same router the CLI builds: its replayed state has the column, and the
+    # models it diffs are exactly our tables.
+    from peewee_migrate.cli import get_router
+    from peewee_migrate.router import compile_migrations, load_models
+
+    router = get_router(directory, url)
+    try:
+        assert "search_vector" in router.migrator.orm["articles"]._meta.fields
+        models = [m for m in load_models("marketstore.models") if m._meta.name not in (router.ignore or ())]
+        assert sorted(m._meta.table_name for m in models) == sorted(TABLES)
+        assert compile_migrations(router.migrator, models) == ""
+        assert compile_migrations(router.migrator, models, reverse=True) == ""
+    finally:
+        router.database.close()
 
 
 def test_array_and_jsonb_columns_have_gin_indexes_only_where_spec_lists_them(migrated):
