@@ -67,7 +67,7 @@ class _ConnectionContext:
 
 
 class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
-    """``PostgresqlExtDatabase`` on a bounded pool; Peewee's pool parameters, plus two.
+    """``PostgresqlExtDatabase`` on a bounded pool: Peewee's pool parameters, and three of ours.
 
     ``max_connections`` (open at most), ``stale_timeout`` (seconds from a
     connection's creation after which it is replaced) and ``timeout``
