@@ -31,11 +31,11 @@ from peewee import (
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField, TSVectorField
 
 from .errors import DataValidationError
+from .validation import INTERVAL_PATTERN, SYMBOL_PATTERN, UTC, text, timestamp
 
 database_proxy = DatabaseProxy()
 """Bound to the pool by ``initialize_database()``; nothing connects at import."""
 
-UTC = dt.timezone.utc
 MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
 MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
 MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
@@ -44,8 +44,6 @@ SIGNAL_TYPES = ("buy", "sell", "hold")
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
 ORDER_SIDES = ("buy", "sell")
 ORDER_STATUSES = ("pending", "submitted", "partially_filled", "filled", "cancelled", "rejected")
-SYMBOL_PATTERN = r"[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]{0,31}"
-INTERVAL_PATTERN = r"[1-9][0-9]{0,3}(s|m|h|d|w|mo)"
 
 
 def checked(field: Field, *, ge=None, gt=None, le=None, choices=None, pattern=None,
@@ -149,20 +147,6 @@ def _fail(field: str, value, expected: str):
     raise DataValidationError(field, value, expected)
 
 
-def _text(name: str, value, max_length=None) -> str:
-    if not isinstance(value, str):
-        _fail(name, value, "a string")
-    if "\x00" in value:
-        _fail(name, value, "text without NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(name, value, "valid unicode (no lone surrogates)")
-    if max_length is not None and len(value) > max_length:
-        _fail(name, value, f"at most {max_length} characters (got {len(value)})")
-    return value
-
-
 def _number(name: str, value, field: Field):
     if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
         _fail(name, value, "a number")
@@ -204,20 +188,6 @@ def _number(name: str, value, field: Field):
     if not -bound <= value < bound:
         _fail(name, value, f"an integer in [{-bound}, {bound})")
     return value
-
-
-def _timestamp(name: str, value) -> dt.datetime:
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            _fail(name, value, "an ISO-8601 timestamp")
-    if not isinstance(value, dt.datetime):
-        _fail(name, value, "a datetime")
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (OverflowError, ValueError):  # datetime.max at UTC-5 is past the year 9999 in UTC
-        _fail(name, value, "a datetime within the years 1-9999 in UTC")
 
 
 def _json_depth(value, limit: int) -> int:
@@ -269,13 +239,13 @@ def _coerce(name: str, field: Field, value):
     if isinstance(field, ArrayField):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             _fail(name, value, "a list of strings")
-        return [_text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
+        return [text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
     if isinstance(field, BinaryJSONField):
         return _json(name, value)
     if isinstance(field, DateTimeTZField):
-        return _timestamp(name, value)
+        return timestamp(name, value)
     if isinstance(field, (CharField, TextField)):
-        value = _text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
+        value = text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
         if rules.get("choices") and value not in rules["choices"]:
             _fail(name, value, f"one of {', '.join(rules['choices'])}")
         if rules.get("pattern") and not rules["pattern"].fullmatch(value):

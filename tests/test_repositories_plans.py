@@ -147,7 +147,9 @@ CASES = {
     "EventRepository.for_symbol(since)": (
         lambda: EventRepository().for_symbol("S42", since=T0 + (ROWS - 2_000) * MINUTE),
         "events", ["events_timestamp"]),
-    "EventRepository.by_type": (lambda: EventRepository().by_type("type7"), "events", ["events_event_type"]),
+    # With its LIMIT, walking the timestamp index newest first until enough rows match is as good.
+    "EventRepository.by_type": (lambda: EventRepository().by_type("type7"), "events",
+                                ["events_event_type|events_timestamp"]),
     # A symbol's signals are spread through time like every other symbol's, so walking the
     # timestamp index backwards and filtering finds the latest one as fast: either index is
     # right. A rare symbol must use (symbol, timestamp).
@@ -161,8 +163,11 @@ CASES = {
     "TradingSignalRepository.in_range(rare)": (
         lambda: TradingSignalRepository().in_range("RARE", T0, T0 + dt.timedelta(days=30)),
         "trading_signals", ["trading_signals_symbol_timestamp"]),
-    "OrderRepository.by_status": (lambda: OrderRepository().by_status("pending"), "orders", ["orders_status"]),
-    "OrderRepository.open_orders": (lambda: OrderRepository().open_orders(), "orders", ["orders_status"]),
+    # Paged (LIMIT) in timestamp order: the planner may walk the timestamp index instead, stopping early.
+    "OrderRepository.by_status": (lambda: OrderRepository().by_status("pending"), "orders",
+                                  ["orders_status|orders_timestamp"]),
+    "OrderRepository.open_orders": (lambda: OrderRepository().open_orders(), "orders",
+                                    ["orders_status|orders_timestamp"]),
     "OrderRepository.get_by_order_id": (lambda: OrderRepository().get_by_order_id("o42"), "orders",
                                         ["orders_order_id"]),
     "BacktestResultRepository.best_by_metric": (
