@@ -65,7 +65,8 @@ def hint(exc: MarketstoreError) -> str:
     where = settings.safe_url() if settings is not None else "the database"
     if isinstance(exc, DataValidationError) and exc.source is not None:
         at = f"line {exc.line}, " if exc.line is not None else ""
-        return f"{exc.source}: {at}field '{exc.field}': got {shown(exc.value)}, expected {exc.expected}"
+        got = "" if exc.value == exc.source else f"got {shown(exc.value)}, "
+        return f"{exc.source}: {at}field '{exc.field}': {got}expected {exc.expected}"
     driver = driver_error(exc)
     if driver is not None and driver.pgcode == psycopg2.errorcodes.UNDEFINED_TABLE:
         return f"{driver.diag.message_primary} in {where}: run `marketstore migrate` first"

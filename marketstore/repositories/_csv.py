@@ -99,6 +99,8 @@ class CsvBody:
 
     def __init__(self, handle, path: str, header: list[str], interval: str, progress: Progress | None = None):
         self._handle, self.path, self._progress = handle, path, progress
+        self._start = handle.tell() if handle.seekable() else None  # where the body begins
+        self._read = 0  # bytes of the body read
         self.header = header
         self._plain = _plain_lines(header)
         self._timestamp_at = header.index("timestamp")
@@ -127,6 +129,7 @@ class CsvBody:
                                                   source=self.path, line=line)
                 if not raw:
                     return raw
+                self._read += len(raw)
                 if self._progress is not None:
                     self._progress(len(raw))
                 if self._plain.fullmatch(raw):
@@ -182,6 +185,27 @@ class CsvBody:
             self._sent += 1
             kept.append(line)
         return b"".join(kept)
+
+    @property
+    def rereadable(self) -> bool:
+        """Whether :meth:`rewound` can read the file again (a FIFO cannot be)."""
+        return self._start is not None and os.path.isfile(self.path)
+
+    def rewound(self) -> CsvBody:
+        """A body reading this :attr:`rereadable` file again from its first data line.
+
+        Its progress reports only the bytes beyond those this one reported.
+        """
+        self._handle.seek(self._start)
+        skip, progress = self._read, self._progress
+
+        def beyond(size: int) -> None:
+            nonlocal skip
+            size, skip = size - min(size, skip), skip - min(size, skip)
+            if size:
+                progress(size)
+
+        return CsvBody(self._handle, self.path, self.header, self.interval, progress and beyond)
 
     def file_line(self, copy_line: int) -> int:
         """The file line of COPY's data line ``copy_line`` (1-based)."""
