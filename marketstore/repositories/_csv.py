@@ -174,9 +174,9 @@ class CsvBody:
                 record = next(csv.reader([text]))
             except csv.Error as exc:
                 raise DataValidationError("row", text, f"well-formed CSV ({exc})", **at) from None
-            if self._timestamp_at < len(record):  # a missing field: the server names it
+            if self._timestamp_at < len(record):  # a missing field or an empty cell: the server names it
                 value = record[self._timestamp_at].strip()
-                if not _ISO_TIMESTAMP_RE.fullmatch(value):
+                if value and not _ISO_TIMESTAMP_RE.fullmatch(value):
                     raise DataValidationError("timestamp", value, ISO_EXPECTED, **at)
             at = self._interval_at
             if at is not None and at < len(record) and not record[at].strip():
