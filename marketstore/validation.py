@@ -8,7 +8,13 @@ was expected.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import json
+import math
 import re
+
+from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField, TextField
+from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
 
 from .errors import DataValidationError
 
@@ -19,7 +25,15 @@ MAX_PAGE = 10_000  # rows of one list call
 MAX_ID = 2**63 - 1  # bigint: no row id is larger
 MAX_INT_ID = 2**31 - 1  # the ids of integer-keyed tables (articles, trading_signals)
 
+MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
+MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
+MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
+
 _INTERVAL_RE = re.compile(INTERVAL_PATTERN)
+
+
+def _fail(name: str, value, expected: str):
+    raise DataValidationError(name, value, expected)
 
 
 def text(name: str, value, max_length: int | None = None) -> str:
@@ -147,4 +161,129 @@ def sendable(name: str, value):
         text(name, value)  # NUL and lone surrogates: the models' own rules
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
         raise DataValidationError(name, value, "an integer of at most 1000 digits")
+    return value
+
+
+# -- model field values (BaseModel.validate) ------------------------------------
+# By column type: an AutoField is INTEGER, a BigAutoField BIGINT (it is no BigIntegerField).
+_INT_BOUNDS = {"SMALLINT": 2**15, "BIGINT": 2**63, "BIGAUTO": 2**63}
+_DECIMAL_CONTEXT = decimal.Context(prec=100)  # quantize() to 8 places never loses digits below the limits
+
+
+def int_bound(field: Field) -> int:
+    """The values of ``field``'s integer column lie in ``[-bound, bound)``."""
+    return _INT_BOUNDS.get(field.field_type, 2**31)
+
+
+def number(name: str, value, field: Field):
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+        _fail(name, value, "a number")
+    if isinstance(field, DecimalField):
+        try:
+            if isinstance(value, float):
+                number = decimal.Decimal(repr(value))
+            elif isinstance(value, str):
+                number = decimal.Decimal(value.strip())
+            else:  # int or Decimal: exact, and without str() (which refuses ints over 4300 digits)
+                number = decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            _fail(name, value, "a decimal number")
+        if not number.is_finite():
+            _fail(name, value, "a finite number")
+        limit = decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
+        if abs(number) < limit and number.as_tuple().exponent < -field.decimal_places:
+            # More decimals than the column keeps: round as PostgreSQL would (half away
+            # from zero), so that the range rules see the stored value and no digit the
+            # server refuses (more than 16383 after the point: 1E-20000) is ever sent.
+            number = number.quantize(decimal.Decimal(1).scaleb(-field.decimal_places),
+                                     rounding=decimal.ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
+        if abs(number) >= limit:
+            _fail(name, value, f"a number below {limit:.0e}")
+        return number
+    if isinstance(field, DoubleField):
+        try:
+            number = float(value)
+        except ValueError:
+            _fail(name, value, "a number")
+        except OverflowError:  # an int beyond 1.8e308
+            _fail(name, value, "a finite number")
+        if not math.isfinite(number):
+            _fail(name, value, "a finite number")
+        return number
+    if not isinstance(value, int):
+        _fail(name, value, "an integer")
+    bound = int_bound(field)
+    if not -bound <= value < bound:
+        _fail(name, value, f"an integer in [{-bound}, {bound})")
+    return value
+
+
+def _json_depth(value, limit: int) -> int:
+    """Nesting depth of a JSON document, iteratively, counting no further than ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                break
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def json_document(name: str, value):
+    try:
+        # ensure_ascii=False keeps a lone surrogate a surrogate, for encode() below.
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        _fail(name, value, f"a JSON-serialisable document ({type(exc).__name__}: {exc})")
+    # jsonb cannot store NUL in strings (json.dumps always escapes control characters).
+    if "\\u0000" in text:
+        _fail(name, value, "JSON without NUL characters")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # any lone surrogate, high or low, in a key or a value
+        _fail(name, value, "JSON with valid unicode (no lone surrogates)")
+    if size > MAX_JSON_BYTES:
+        _fail(name, f"<{size} bytes>", f"a document of at most {MAX_JSON_BYTES} bytes")
+    # The driver serialises the document again deeper in the stack, and the server
+    # parses it recursively: a fixed bound, far below either limit.
+    if _json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        _fail(name, f"<nested over {MAX_JSON_DEPTH} deep>", f"a document nested at most {MAX_JSON_DEPTH} deep")
+    return value
+
+
+def field_value(name: str, field: Field, value):
+    """``value`` type-checked and normalised for the model field ``field`` (by its type and rules)."""
+    rules = getattr(field, "rules", {})
+    if isinstance(field, ForeignKeyField):
+        value = getattr(value, "id", value)
+        bound = int_bound(field.rel_field)  # the referencing column has the referenced key's type
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < bound:
+            _fail(name, value, f"the id (a positive integer below {bound}) of an existing row")
+        return value
+    if isinstance(field, ArrayField):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            _fail(name, value, "a list of strings")
+        return [text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
+    if isinstance(field, BinaryJSONField):
+        return json_document(name, value)
+    if isinstance(field, DateTimeTZField):
+        return timestamp(name, value)
+    if isinstance(field, (CharField, TextField)):
+        value = text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
+        if rules.get("choices") and value not in rules["choices"]:
+            _fail(name, value, f"one of {', '.join(rules['choices'])}")
+        if rules.get("pattern") and not rules["pattern"].fullmatch(value):
+            _fail(name, value, f"text matching {rules['pattern'].pattern}")
+        return value
+    value = number(name, value, field)
+    if rules.get("gt") is not None and not value > rules["gt"]:
+        _fail(name, value, f"a number > {rules['gt']}")
+    if rules.get("ge") is not None and not value >= rules["ge"]:
+        _fail(name, value, f"a number >= {rules['ge']}")
+    if rules.get("le") is not None and not value <= rules["le"]:
+        _fail(name, value, f"a number <= {rules['le']}")
     return value
