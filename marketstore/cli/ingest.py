@@ -46,10 +46,11 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
     """Load price bars from a CSV FILE (PostgreSQL COPY; --upsert: INSERT ... ON CONFLICT).
 
     The header is symbol,timestamp,open,high,low,close,volume[,interval], in
-    any order; timestamps are ISO-8601, UTC unless they carry an offset. The
-    whole file loads in one transaction: a bad line loads nothing. A bar
-    already stored, or twice in the file, is refused; with --upsert it is
-    updated (twice in the file: the last one wins).
+    any order; timestamps are ISO-8601, UTC unless they carry an offset; an
+    empty interval cell takes --interval; empty lines are skipped. The whole
+    file loads in one transaction: a bad line loads nothing, with or without
+    --upsert (one reader). A bar already stored, or twice in the file, is
+    refused; with --upsert it is updated (twice in the file: the last one wins).
 
     \b
     Example:
