@@ -3,12 +3,11 @@ line needs are repository parameters, done in SQL. Checked against plain-Python 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import random
-from contextlib import contextmanager
 
 import pytest
 
+from helpers import sent_statements
 from marketstore import (
     ArticleRepository,
     BacktestResultRepository,
@@ -23,27 +22,6 @@ UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 6, tzinfo=UTC)
 MINUTE = dt.timedelta(minutes=1)
 SYMBOLS = ("AAPL", "MSFT", "NVDA")
-
-
-@contextmanager
-def statements():
-    """The SQL statements peewee sends inside the block."""
-    sent: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            if isinstance(record.msg, tuple):
-                sent.append(record.msg[0])
-
-    logger, handler = logging.getLogger("peewee"), Capture(logging.DEBUG)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield sent
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def pages(fetch, size: int) -> list[list]:
@@ -75,10 +53,10 @@ def test_signals_recent_filters_in_sql_and_pages_newest_first(made_signals, symb
     repo = TradingSignalRepository()
     expected = [s.id for s in reversed(made_signals) if (symbol is None or s.symbol == symbol)
                 and (signal_type is None or s.signal_type == signal_type) and (since is None or s.timestamp >= since)]
-    with statements() as sent:
+    with sent_statements() as sent:
         first = repo.recent(7, symbol=symbol, signal_type=signal_type, since=since)
     assert [s.id for s in first] == expected[:7]
-    assert len(sent) == 1 and "LIMIT" in sent[0]  # one statement: nothing filtered or cut in Python
+    assert len(sent) == 1 and "LIMIT" in sent[0][0]  # one statement: nothing filtered or cut in Python
     walked = pages(lambda **page: repo.recent(symbol=symbol, signal_type=signal_type, since=since, **page), 9)
     assert [s.id for page in walked for s in page] == expected
     if signal_type is not None:
@@ -115,10 +93,10 @@ def test_orders_by_status_filters_by_symbol_in_sql_and_pages(made_orders, status
     made, _ = made_orders
     repo = OrderRepository()
     expected = [o.id for o in made if o.status == status and (symbol is None or o.symbol == symbol)]
-    with statements() as sent:
+    with sent_statements() as sent:
         first = repo.by_status(status, symbol=symbol, limit=3)
     assert [o.id for o in first] == expected[:3]
-    assert len(sent) == 1 and "LIMIT" in sent[0]
+    assert len(sent) == 1 and "LIMIT" in sent[0][0]
     walked = pages(lambda **page: repo.by_status(status, symbol=symbol, **page), 3)
     assert [o.id for page in walked for o in page] == expected
 

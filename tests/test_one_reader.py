@@ -211,3 +211,14 @@ def test_the_cli_line_for_a_duplicate_bar_names_the_line_and_the_key(prices, tmp
     path.write_text(f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,2024-01-02,1,2,1,2,3\n", encoding="utf-8")
     line = fails("ingest", "prices", path, "--database", database_url)
     assert line.startswith(f"Error: {path}: line 3: the bar (AAA, 1m, 2024-01-02 00:00:00+00) is already stored")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_query_is_refused_up_front_by_either(prices, raw, method):
+    from marketstore import Price
+
+    prices.copy_from([_bar(0)])
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(Price.select())  # iterated inside the COPY, it would need the busy connection
+    assert info.value.field == "rows_or_csv_path"
+    assert count_rows(raw, "prices") == 1

@@ -8,13 +8,12 @@ empty it.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-from contextlib import contextmanager
 
 import psycopg2
 import pytest
 
 import marketstore
+from helpers import sent_statements
 from marketstore import (
     ArticleRepository,
     BacktestResultRepository,
@@ -91,27 +90,6 @@ def big(big_url):
     yield conn
     conn.close()
     marketstore.close_database()
-
-
-@contextmanager
-def sent_statements():
-    """Collect the (sql, params) of every statement peewee executes in the block."""
-    found: list[tuple[str, object]] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            if isinstance(record.msg, tuple) and len(record.msg) == 2:
-                found.append(record.msg)
-
-    logger, handler = logging.getLogger("peewee"), Capture(logging.DEBUG)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield found
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def plans_of(conn, call) -> list[str]:

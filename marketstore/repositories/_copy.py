@@ -15,7 +15,6 @@ import re
 from decimal import Decimal
 from typing import Iterable, Iterator, Mapping
 
-import peewee
 import psycopg2
 
 from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError
@@ -197,10 +196,7 @@ class RowStream:
 
     def copy_into(self, db, table: str) -> int:
         """COPY every row into ``table`` on the session's connection; returns the number of rows."""
-        rows = self._rows
-        if isinstance(rows, (peewee.BaseQuery, peewee.ModelBase)):
-            rows = list(rows)  # read it first: the COPY is about to hold the connection
-        self._lines = copy_lines(rows, self._interval)
+        self._lines = copy_lines(self._rows, self._interval)
         copy(db, f"COPY {table} ({COPY_COLUMNS}) FROM STDIN", self)
         return self.rows
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import os
+import re
 import threading
 from contextlib import contextmanager
 from decimal import Decimal
-import re
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
+
+import peewee
 
 from .. import validation as check
 from ..errors import DataValidationError, DuplicateKeyError
@@ -227,7 +229,7 @@ class PriceRepository(BaseRepository[Price]):
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
-        :data:`PRICE_COLUMNS` order; a peewee query is read first), validated
+        :data:`PRICE_COLUMNS` order; not a query: read it first), validated
         in Python as they are read, or the path of a UTF-8 CSV file (a FIFO
         such as ``/dev/stdin`` works too). Either way the data is streamed, so
         a file of any size is never held in memory. Insert-only: a bar that
@@ -269,6 +271,11 @@ class PriceRepository(BaseRepository[Price]):
         interval = check.interval(interval)
         if progress is not None and not callable(progress):
             raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
+        if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
+            # Iterating a query runs it: before the session there is no connection, and
+            # inside it the connection is busy with the COPY.
+            raise DataValidationError("rows_or_csv_path", rows_or_csv_path,
+                                      "rows, not a query: read it first (list(query)), or use bulk_create")
         if not isinstance(rows_or_csv_path, (str, os.PathLike)):
             if not isinstance(rows_or_csv_path, Iterable) or isinstance(rows_or_csv_path, (bytes, Mapping)):
                 raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
