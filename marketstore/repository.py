@@ -114,8 +114,9 @@ class BaseRepository(Generic[T]):
         """Insert all ``rows`` in one transaction, ``batch_size`` per statement.
 
         Every row is validated before the first statement; any failure writes
-        nothing. ``rows`` may come from a query (read in the same transaction).
-        Returns the number of rows inserted.
+        nothing (a ``DataValidationError`` names the bare ``field`` and the
+        1-based ``row``). ``rows`` may come from a query (read in the same
+        transaction). Returns the number of rows inserted.
         """
         check.limit(batch_size, "batch_size")
         if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):

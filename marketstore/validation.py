@@ -170,12 +170,12 @@ _INT_BOUNDS = {"SMALLINT": 2**15, "BIGINT": 2**63, "BIGAUTO": 2**63}
 _DECIMAL_CONTEXT = decimal.Context(prec=100)  # quantize() to 8 places never loses digits below the limits
 
 
-def int_bound(field: Field) -> int:
+def _int_bound(field: Field) -> int:
     """The values of ``field``'s integer column lie in ``[-bound, bound)``."""
     return _INT_BOUNDS.get(field.field_type, 2**31)
 
 
-def number(name: str, value, field: Field):
+def _number(name: str, value, field: Field):
     if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
         _fail(name, value, "a number")
     if isinstance(field, DecimalField):
@@ -212,7 +212,7 @@ def number(name: str, value, field: Field):
         return number
     if not isinstance(value, int):
         _fail(name, value, "an integer")
-    bound = int_bound(field)
+    bound = _int_bound(field)
     if not -bound <= value < bound:
         _fail(name, value, f"an integer in [{-bound}, {bound})")
     return value
@@ -233,7 +233,7 @@ def _json_depth(value, limit: int) -> int:
     return deepest
 
 
-def json_document(name: str, value):
+def _json_document(name: str, value):
     try:
         # ensure_ascii=False keeps a lone surrogate a surrogate, for encode() below.
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
@@ -260,7 +260,7 @@ def field_value(name: str, field: Field, value):
     rules = getattr(field, "rules", {})
     if isinstance(field, ForeignKeyField):
         value = getattr(value, "id", value)
-        bound = int_bound(field.rel_field)  # the referencing column has the referenced key's type
+        bound = _int_bound(field.rel_field)  # the referencing column has the referenced key's type
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < bound:
             _fail(name, value, f"the id (a positive integer below {bound}) of an existing row")
         return value
@@ -269,7 +269,7 @@ def field_value(name: str, field: Field, value):
             _fail(name, value, "a list of strings")
         return [text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
     if isinstance(field, BinaryJSONField):
-        return json_document(name, value)
+        return _json_document(name, value)
     if isinstance(field, DateTimeTZField):
         return timestamp(name, value)
     if isinstance(field, (CharField, TextField)):
@@ -279,7 +279,7 @@ def field_value(name: str, field: Field, value):
         if rules.get("pattern") and not rules["pattern"].fullmatch(value):
             _fail(name, value, f"text matching {rules['pattern'].pattern}")
         return value
-    value = number(name, value, field)
+    value = _number(name, value, field)
     if rules.get("gt") is not None and not value > rules["gt"]:
         _fail(name, value, f"a number > {rules['gt']}")
     if rules.get("ge") is not None and not value >= rules["ge"]:

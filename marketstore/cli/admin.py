@@ -8,15 +8,6 @@ from ..connection import db_connection
 from ..migrations import DatabaseMigration, grant_application_role
 from .common import command
 
-COMMANDS = []
-
-
-def _command(fn):
-    COMMANDS.append(fn)
-    return fn
-
-
-@_command
 @click.command()
 @command
 def migrate() -> None:
@@ -30,7 +21,6 @@ def migrate() -> None:
     click.echo(f"Applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}.")
 
 
-@_command
 @click.command()
 @command
 def verify() -> None:
@@ -48,7 +38,6 @@ def verify() -> None:
     click.echo("Schema matches the models.")
 
 
-@_command
 @click.command()
 @command
 def health() -> None:
@@ -66,7 +55,6 @@ def health() -> None:
     click.echo("pool: " + ", ".join(f"{key}={value}" for key, value in status.items()))
 
 
-@_command
 @click.command(short_help="Give ROLE row access to the tables and nothing else.")
 @click.argument("role")
 @click.option("--create", is_flag=True, help="Create the role (LOGIN, no password) if it does not exist.")
@@ -86,7 +74,6 @@ def grant(role: str, create: bool) -> None:
     click.echo(f"Granted row access on the marketstore tables to {role}.")
 
 
-@_command
 @click.command()
 @click.option("--reset", is_flag=True, help="Delete the demo's rows (only those) and load them again.")
 @click.option("--seed", type=int, default=demo_data.SEED, show_default=True,
@@ -120,3 +107,6 @@ def demo(reset: bool, seed: int) -> None:
                "  marketstore query articles --symbol NVDA\n"
                "  marketstore query backtests --best sharpe\n"
                "  marketstore plot prices AAPL --start 2024-03-08 --end 2024-03-09 --bucket 5m --out aapl.png")
+
+
+COMMANDS = (migrate, verify, health, grant, demo)

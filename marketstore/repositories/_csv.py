@@ -162,25 +162,25 @@ class CsvBody:
                 self._marks.append(self._sent + 1)
                 self._offsets.append(self._file_line - 1 - self._sent)
                 continue
-            at = {"source": self.path, "line": self._file_line}
+            where = {"source": self.path, "line": self._file_line}
             if stripped == _END_OF_COPY:
-                raise DataValidationError("row", "\\.", "a price row (\\. would end the COPY early)", **at)
+                raise DataValidationError("row", "\\.", "a price row (\\. would end the COPY early)", **where)
             text = stripped.decode("utf-8", "replace")
             if stripped.count(b'"') % 2 or b"\r" in stripped:
                 # COPY would join it to the next line (a quoted field spanning lines) or refuse the \r;
                 # either way the line numbers of everything after would no longer be the file's.
-                raise DataValidationError("row", text, "one record per line (no line break inside quotes)", **at)
+                raise DataValidationError("row", text, "one record per line (no line break inside quotes)", **where)
             try:
                 record = next(csv.reader([text]))
             except csv.Error as exc:
-                raise DataValidationError("row", text, f"well-formed CSV ({exc})", **at) from None
+                raise DataValidationError("row", text, f"well-formed CSV ({exc})", **where) from None
             if self._timestamp_at < len(record):  # a missing field or an empty cell: the server names it
                 value = record[self._timestamp_at].strip()
                 if value and not _ISO_TIMESTAMP_RE.fullmatch(value):
-                    raise DataValidationError("timestamp", value, ISO_EXPECTED, **at)
-            at = self._interval_at
-            if at is not None and at < len(record) and not record[at].strip():
-                record[at] = self.interval  # an empty cell takes the interval, as a missing column does
+                    raise DataValidationError("timestamp", value, ISO_EXPECTED, **where)
+            cell = self._interval_at
+            if cell is not None and cell < len(record) and not record[cell].strip():
+                record[cell] = self.interval  # an empty cell takes the interval, as a missing column does
                 line = _csv_text(record).encode() + line[len(stripped):]
             self._sent += 1
             kept.append(line)

@@ -28,8 +28,7 @@ class BacktestResultRepository(BaseRepository[BacktestResult]):
         a key chosen at query time).
         """
         metric, limit = check.required_text("metric", metric, MAX_QUERY_TEXT), check.limit(limit)
-        if not isinstance(descending, bool):
-            raise DataValidationError("descending", descending, "True or False")
+        check.flag("descending", descending)
         direction = "DESC" if descending else "ASC"
         ranked = (f"SELECT {_BACKTEST_COLUMNS} FROM backtest_results WHERE {_HAS_NUMBER} "
                   f"ORDER BY (metrics ->> %s)::numeric {direction}, created_at DESC, id DESC LIMIT %s")
