@@ -182,12 +182,16 @@ class PriceRepository(BaseRepository[Price]):
         with ``COPY`` (rows ``batch_size`` per chunk) into a temporary staging
         table that holds the rules of ``prices``, so a bad row or line is
         refused as ``copy_from`` refuses it; then one ``INSERT ... SELECT ...
-        ON CONFLICT DO UPDATE`` applies them all. All or nothing. A key
-        repeated in the input: the last one wins. Returns the number of input
-        rows written. Raises ``DataValidationError`` (with ``field``,
-        ``value`` and ``row``, or ``source`` and ``line``). Needs the
-        ``TEMPORARY`` privilege on the database, which PostgreSQL grants to
-        PUBLIC (``sql/roles.sql``).
+        ON CONFLICT DO UPDATE`` applies them all. A regular file is first
+        tried as new bars, straight into ``prices`` at ``copy_from``'s speed;
+        the first bar already stored (or repeated) undoes that attempt and the
+        file is read again through the staging table (so a file whose first
+        stored bar comes late costs up to twice, and leaves the attempt's rows
+        for autovacuum). All or nothing. A key repeated in the input: the last
+        one wins. Returns the number of input rows written. Raises
+        ``DataValidationError`` (with ``field``, ``value`` and ``row``, or
+        ``source`` and ``line``). Needs the ``TEMPORARY`` privilege on the
+        database, which PostgreSQL grants to PUBLIC (``sql/roles.sql``).
         """
         batch_size = check.limit(batch_size, "batch_size")
         with self._source(rows_or_csv_path, interval, progress, batch_size) as source:
