@@ -17,6 +17,7 @@ from .connection import get_db_session
 from .errors import DataValidationError
 from .models import Article
 from .repositories import PRICE_HEADER, ArticleRepository, PriceRepository
+from .validation import unreadable
 
 ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
 # Set by the database: a client must not choose when we learnt of an article (point in time).
@@ -75,7 +76,7 @@ def read_articles(path: str, progress: Progress | None = None) -> Iterator[dict]
     try:
         stream = open(path, "rb")
     except OSError as exc:
-        raise DataValidationError("path", path, f"a readable file ({exc.strerror or exc})", source=path) from exc
+        raise unreadable(path, exc) from exc
     with stream:
         for line, text in _decoded_lines(stream, path, progress):
             at = {"source": path, "line": line}

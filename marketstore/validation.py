@@ -155,6 +155,11 @@ def bucket(value) -> dt.timedelta:
     return dt.timedelta(seconds=count * unit)
 
 
+def unreadable(path: str, exc: OSError) -> DataValidationError:
+    """The error for an input file that cannot be opened or read (``field='path'``)."""
+    return DataValidationError("path", path, f"a readable file ({exc.strerror or exc})", source=path)
+
+
 def sendable(name: str, value):
     """A filter value the driver can send (else it would raise a raw ValueError)."""
     if isinstance(value, str):

@@ -17,6 +17,7 @@ from typing import Callable
 import psycopg2
 
 from ..errors import DataValidationError, MarketstoreError
+from ..validation import unreadable
 from ._copy import DEFAULT_INTERVAL, PRICE_COLUMNS, PRICE_HEADER, copy, duplicate, price_row, refused_line
 
 Progress = Callable[[int], None]
@@ -282,10 +283,5 @@ def _file_line(path: str, number: int) -> str | None:
         for line in itertools.islice(handle, number - 1, number):
             return line.decode("utf-8", "replace").rstrip("\r\n")
     return None
-
-
-def unreadable(path: str, exc: OSError) -> DataValidationError:
-    """The error for a price file that cannot be opened or read."""
-    return DataValidationError("path", path, f"a readable file ({exc.strerror or exc})", source=path)
 
 

@@ -18,7 +18,7 @@ from ..models import Price
 from ..repository import BaseRepository
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
-from ._csv import CsvBody, csv_header, unreadable
+from ._csv import CsvBody, csv_header
 from ._sql import BUCKET_ORIGIN, aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
@@ -290,12 +290,12 @@ class PriceRepository(BaseRepository[Price]):
         try:
             handle = open(path, "rb")
         except OSError as exc:
-            raise unreadable(path, exc) from exc
+            raise check.unreadable(path, exc) from exc
         with handle:
             try:
                 found = csv_header(handle, path)
             except OSError as exc:
-                raise unreadable(path, exc) from exc
+                raise check.unreadable(path, exc) from exc
             if found is not None and progress is not None:
                 progress(found[1])
             yield None if found is None else CsvBody(handle, path, found[0], interval, progress)
