@@ -148,3 +148,19 @@ def test_bad_list_parameters_are_refused_naming_them(db, call, field):
     with pytest.raises(DataValidationError) as info:
         call()
     assert info.value.field == field
+
+
+def test_symbols_page_in_order(db):
+    from marketstore import PriceRepository
+
+    prices = PriceRepository()
+    names = [f"S{i:02d}" for i in range(23)]
+    prices.copy_from([{"symbol": s, "timestamp": T0 + i * MINUTE, "open": 1, "high": 2, "low": 1, "close": 2,
+                       "volume": 3} for s in names for i in range(3)])
+    walked, after = [], None
+    while page := prices.symbols(limit=5, after=after):
+        walked.append(page)
+        after = page[-1]
+    assert [s for page in walked for s in page] == names and [len(p) for p in walked] == [5, 5, 5, 5, 3]
+    assert prices.symbols() == names
+    assert prices.symbols(after="S21") == ["S22"] and prices.symbols(after="T") == []

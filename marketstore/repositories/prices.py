@@ -318,20 +318,22 @@ class PriceRepository(BaseRepository[Price]):
             rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
         return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
 
-    def symbols(self) -> list[str]:
-        """Every symbol that has bars, sorted.
+    def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:
+        """The first ``limit`` symbols that have bars, sorted; after ``after`` (the last of a page) when given.
 
         A loose index scan (one probe of the unique index per distinct
         symbol), instead of reading every row as ``SELECT DISTINCT`` would.
         """
-        sql = ("WITH RECURSIVE s(symbol) AS ("
-               "  (SELECT symbol FROM prices ORDER BY symbol LIMIT 1)"
+        limit = check.limit(limit)
+        after = None if after is None else check.required_text("after", after, 32)
+        sql = ("WITH RECURSIVE s(symbol, n) AS ("
+               "  (SELECT symbol, 1 FROM prices WHERE %s::text IS NULL OR symbol > %s ORDER BY symbol LIMIT 1)"
                "  UNION ALL"
-               "  SELECT (SELECT p.symbol FROM prices p WHERE p.symbol > s.symbol ORDER BY p.symbol LIMIT 1)"
-               "  FROM s WHERE s.symbol IS NOT NULL"
+               "  SELECT (SELECT p.symbol FROM prices p WHERE p.symbol > s.symbol ORDER BY p.symbol LIMIT 1), n + 1"
+               "  FROM s WHERE s.symbol IS NOT NULL AND n < %s"
                ") SELECT symbol FROM s WHERE symbol IS NOT NULL")
         with self.session("symbols") as db:
-            return [symbol for (symbol,) in db.execute_sql(sql).fetchall()]
+            return [symbol for (symbol,) in db.execute_sql(sql, (after, after, limit)).fetchall()]
 
     def delete_before(self, ts) -> int:
         """Delete every bar (all symbols and intervals) with ``timestamp < ts``; returns the count.
