@@ -242,8 +242,10 @@ class PriceRepository(BaseRepository[Price]):
         update). All or nothing: a bad row aborts the whole load with a
         ``DataValidationError`` whose ``field`` and ``value`` name the bad
         value and whose ``row``, or ``source`` and ``line`` (the header being
-        line 1), say where it is. A file that cannot be read is a
-        ``DataValidationError`` with ``field='path'``.
+        line 1), say where it is; ``field`` is ``'row'`` for a row or line of
+        the wrong shape and ``'header'`` for a header that cannot be read. A
+        file that cannot be read is a ``DataValidationError`` with
+        ``field='path'``.
 
         A CSV file's header names the columns (any order, ``interval``
         optional); its body goes to the server untouched, which parses it and
