@@ -1,6 +1,7 @@
 """marketstore: the PostgreSQL data layer of a market-sentiment trading system."""
 import logging as _logging
 
+from . import errors
 from .config import Settings, load_settings
 from .connection import (
     DatabaseConnection,
@@ -14,6 +15,7 @@ from .errors import (
     ConfigurationError,
     DatabaseConnectionError,
     DataValidationError,
+    DuplicateKeyError,
     IntegrityViolation,
     MarketstoreError,
     NotFoundError,
@@ -40,11 +42,31 @@ from .repositories import (
     BacktestResultRepository,
     EventRepository,
     OrderRepository,
+    PriceBar,
     PriceRepository,
+    SentimentBucket,
     SentimentScoreRepository,
     TradingSignalRepository,
 )
 from .migrations import DatabaseMigration, run_migrations
+
+__all__ = [
+    # connection layer and configuration
+    "DatabaseConnection", "db_connection", "get_db_session", "initialize_database", "close_database",
+    "retry_transaction", "Settings", "load_settings",
+    # errors (the module, and its classes)
+    "errors", "MarketstoreError", "ConfigurationError", "DatabaseConnectionError", "PoolExhaustedError",
+    "TransactionError", "IntegrityViolation", "DuplicateKeyError", "SerializationFailure", "QueryError",
+    "NotFoundError", "DataValidationError",
+    # models
+    "database_proxy", "BaseModel", "Price", "Article", "SentimentScore", "Event", "TradingSignal", "Order",
+    "OrderEvent", "BacktestResult",
+    # repositories and the types they return
+    "BaseRepository", "PriceRepository", "ArticleRepository", "SentimentScoreRepository", "EventRepository",
+    "TradingSignalRepository", "OrderRepository", "BacktestResultRepository", "PriceBar", "SentimentBucket",
+    # migrations
+    "DatabaseMigration", "run_migrations",
+]
 
 # A library does not configure logging; without this, Python's last-resort
 # handler would print our ERROR records to stderr of every application.

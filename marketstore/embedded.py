@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
+from .errors import MarketstoreError
+
 logger = logging.getLogger(__name__)
 
 _HINT = (
@@ -22,7 +24,7 @@ _HINT = (
 )
 
 
-class EmbeddedUnavailable(RuntimeError):
+class EmbeddedUnavailable(MarketstoreError, RuntimeError):
     """The embedded PostgreSQL cannot be used: pgserver is not installed, or the data dir is unusable."""
 
 

@@ -172,3 +172,22 @@ DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException, MaxConnectionsExceeded)
 Our own errors are Peewee exceptions too: catch ``MarketstoreError`` first
 wherever both can arrive, or they would be translated (to themselves) again.
 """
+
+
+class DuplicateKeyError(IntegrityViolation):
+    """A row's unique key is already stored, or appears earlier in the same input.
+
+    Attributes: ``key`` (column name -> value, as the server printed them) and,
+    where known, ``source`` with ``line`` (a file, the header being line 1), or
+    ``row`` (1-based position among the rows given).
+    """
+
+    def __init__(self, key: dict, *, source: str | None = None, line: int | None = None,
+                 row: int | None = None):
+        self.key = dict(key)
+        self.source, self.line, self.row = source, line, row
+        parts = [source, None if line is None else f"line {line}", None if row is None else f"row {row}"]
+        where = ", ".join(p for p in parts if p is not None)
+        super().__init__(f"{where + ': ' if where else ''}the key ({', '.join(self.key)})="
+                         f"({', '.join(map(str, self.key.values()))}) is already stored, "
+                         "or appears earlier in the input")

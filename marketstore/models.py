@@ -11,7 +11,6 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import math
 import re
 from typing import Any, Mapping
 
@@ -31,19 +30,20 @@ from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField,
 
 from .database import database_proxy  # re-exported: the models' database
 from .errors import DataValidationError
+from .validation import (
+    INTERVAL_PATTERN,
+    MAX_TEXT_CHARS,
+    SYMBOL_PATTERN,
+    UTC,
+    field_value,
+)
 
 
-UTC = dt.timezone.utc
-MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
-MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
-MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
 
 SIGNAL_TYPES = ("buy", "sell", "hold")
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
 ORDER_SIDES = ("buy", "sell")
 ORDER_STATUSES = ("pending", "submitted", "partially_filled", "filled", "cancelled", "rejected")
-SYMBOL_PATTERN = r"[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]{0,31}"
-INTERVAL_PATTERN = r"[1-9][0-9]{0,3}(s|m|h|d|w|mo)"
 
 
 def checked(field: Field, *, ge=None, gt=None, le=None, choices=None, pattern=None,
@@ -132,161 +132,9 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
-# -- validation ---------------------------------------------------------------
-# By column type: an AutoField is INTEGER, a BigAutoField BIGINT (it is no BigIntegerField).
-_INT_BOUNDS = {"SMALLINT": 2**15, "BIGINT": 2**63, "BIGAUTO": 2**63}
-_DECIMAL_CONTEXT = decimal.Context(prec=100)  # quantize() to 8 places never loses digits below the limits
-
-
-def _int_bound(field: Field) -> int:
-    """The values of ``field``'s integer column lie in ``[-bound, bound)``."""
-    return _INT_BOUNDS.get(field.field_type, 2**31)
-
-
+# -- validation (the checks themselves: marketstore.validation) ----------------
 def _fail(field: str, value, expected: str):
     raise DataValidationError(field, value, expected)
-
-
-def _text(name: str, value, max_length=None) -> str:
-    if not isinstance(value, str):
-        _fail(name, value, "a string")
-    if "\x00" in value:
-        _fail(name, value, "text without NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(name, value, "valid unicode (no lone surrogates)")
-    if max_length is not None and len(value) > max_length:
-        _fail(name, value, f"at most {max_length} characters (got {len(value)})")
-    return value
-
-
-def _number(name: str, value, field: Field):
-    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
-        _fail(name, value, "a number")
-    if isinstance(field, DecimalField):
-        try:
-            if isinstance(value, float):
-                number = decimal.Decimal(repr(value))
-            elif isinstance(value, str):
-                number = decimal.Decimal(value.strip())
-            else:  # int or Decimal: exact, and without str() (which refuses ints over 4300 digits)
-                number = decimal.Decimal(value)
-        except decimal.InvalidOperation:
-            _fail(name, value, "a decimal number")
-        if not number.is_finite():
-            _fail(name, value, "a finite number")
-        limit = decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
-        if abs(number) < limit and number.as_tuple().exponent < -field.decimal_places:
-            # More decimals than the column keeps: round as PostgreSQL would (half away
-            # from zero), so that the range rules see the stored value and no digit the
-            # server refuses (more than 16383 after the point: 1E-20000) is ever sent.
-            number = number.quantize(decimal.Decimal(1).scaleb(-field.decimal_places),
-                                     rounding=decimal.ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
-        if abs(number) >= limit:
-            _fail(name, value, f"a number below {limit:.0e}")
-        return number
-    if isinstance(field, DoubleField):
-        try:
-            number = float(value)
-        except ValueError:
-            _fail(name, value, "a number")
-        except OverflowError:  # an int beyond 1.8e308
-            _fail(name, value, "a finite number")
-        if not math.isfinite(number):
-            _fail(name, value, "a finite number")
-        return number
-    if not isinstance(value, int):
-        _fail(name, value, "an integer")
-    bound = _int_bound(field)
-    if not -bound <= value < bound:
-        _fail(name, value, f"an integer in [{-bound}, {bound})")
-    return value
-
-
-def _timestamp(name: str, value) -> dt.datetime:
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            _fail(name, value, "an ISO-8601 timestamp")
-    if not isinstance(value, dt.datetime):
-        _fail(name, value, "a datetime")
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (OverflowError, ValueError):  # datetime.max at UTC-5 is past the year 9999 in UTC
-        _fail(name, value, "a datetime within the years 1-9999 in UTC")
-
-
-def _json_depth(value, limit: int) -> int:
-    """Nesting depth of a JSON document, iteratively, counting no further than ``limit + 1``."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, (list, tuple)):
-            deepest = max(deepest, depth)
-            if depth > limit:
-                break
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
-
-
-def _json(name: str, value):
-    try:
-        # ensure_ascii=False keeps a lone surrogate a surrogate, for encode() below.
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        _fail(name, value, f"a JSON-serialisable document ({type(exc).__name__}: {exc})")
-    # jsonb cannot store NUL in strings (json.dumps always escapes control characters).
-    if "\\u0000" in text:
-        _fail(name, value, "JSON without NUL characters")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:  # any lone surrogate, high or low, in a key or a value
-        _fail(name, value, "JSON with valid unicode (no lone surrogates)")
-    if size > MAX_JSON_BYTES:
-        _fail(name, f"<{size} bytes>", f"a document of at most {MAX_JSON_BYTES} bytes")
-    # The driver serialises the document again deeper in the stack, and the server
-    # parses it recursively: a fixed bound, far below either limit.
-    if _json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        _fail(name, f"<nested over {MAX_JSON_DEPTH} deep>", f"a document nested at most {MAX_JSON_DEPTH} deep")
-    return value
-
-
-def _coerce(name: str, field: Field, value):
-    """Type-check and normalise one value for ``field``."""
-    rules = getattr(field, "rules", {})
-    if isinstance(field, ForeignKeyField):
-        value = getattr(value, "id", value)
-        bound = _int_bound(field.rel_field)  # the referencing column has the referenced key's type
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < bound:
-            _fail(name, value, f"the id (a positive integer below {bound}) of an existing row")
-        return value
-    if isinstance(field, ArrayField):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            _fail(name, value, "a list of strings")
-        return [_text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
-    if isinstance(field, BinaryJSONField):
-        return _json(name, value)
-    if isinstance(field, DateTimeTZField):
-        return _timestamp(name, value)
-    if isinstance(field, (CharField, TextField)):
-        value = _text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
-        if rules.get("choices") and value not in rules["choices"]:
-            _fail(name, value, f"one of {', '.join(rules['choices'])}")
-        if rules.get("pattern") and not rules["pattern"].fullmatch(value):
-            _fail(name, value, f"text matching {rules['pattern'].pattern}")
-        return value
-    value = _number(name, value, field)
-    if rules.get("gt") is not None and not value > rules["gt"]:
-        _fail(name, value, f"a number > {rules['gt']}")
-    if rules.get("ge") is not None and not value >= rules["ge"]:
-        _fail(name, value, f"a number >= {rules['ge']}")
-    if rules.get("le") is not None and not value <= rules["le"]:
-        _fail(name, value, f"a number <= {rules['le']}")
-    return value
 
 
 class BaseModel(Model):
@@ -316,7 +164,7 @@ class BaseModel(Model):
                     _fail(name, value, "a value (the field is required)")
                 row[name] = None
             else:
-                row[name] = _coerce(name, field, value)
+                row[name] = field_value(name, field, value)
         # Before the required-field check: check_row may derive fields (config_hash).
         cls.check_row(row, partial=partial)
         if not partial:

@@ -13,6 +13,8 @@ import io
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
+from .errors import DataValidationError
+
 FORMATS = ("table", "csv", "json")
 
 
@@ -102,4 +104,4 @@ def render(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fmt: str) 
         return buffer.getvalue().rstrip("\n")
     if fmt == "table":
         return table(rows, columns) if rows else "(no rows)"
-    raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
+    raise DataValidationError("fmt", fmt, f"one of {', '.join(FORMATS)}")

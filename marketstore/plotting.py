@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Sequence
 
+from .errors import DataValidationError, MarketstoreError
+
 HINT = "plotting needs matplotlib: pip install 'marketstore[plot]'"
 MAX_CANDLES = 200  # more bars than this: a close line reads better than candles
 UP, DOWN, LINE = "#26a269", "#c01c28", "#1c71d8"
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailable(MarketstoreError, RuntimeError):
     """matplotlib (the ``plot`` extra) is not installed."""
 
 
@@ -104,7 +106,7 @@ def equity_points(curve: Any) -> list[tuple[dt.datetime | None, float]]:
 
     Accepts a list of numbers, of ``[time, value]`` pairs, or of objects with a
     time key (timestamp/time/date/t) and a value key (equity/value/balance/nav).
-    Raises ``ValueError`` when the curve has none of these shapes.
+    Raises ``DataValidationError`` (a ``ValueError``) when the curve has none of these shapes.
     """
     points = []
     for item in curve if isinstance(curve, list) else []:
@@ -115,7 +117,7 @@ def equity_points(curve: Any) -> list[tuple[dt.datetime | None, float]]:
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             when, value = item
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"an equity curve point must hold a number, got {item!r}")
+            raise DataValidationError("equity_curve", item, "a point holding a number")
         if isinstance(when, str):
             try:
                 when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
@@ -123,7 +125,7 @@ def equity_points(curve: Any) -> list[tuple[dt.datetime | None, float]]:
                 when = None
         points.append((when if isinstance(when, dt.datetime) else None, float(value)))
     if len(points) < 2:
-        raise ValueError("the equity curve has fewer than two points")
+        raise DataValidationError("equity_curve", curve, "at least two points")
     return points
 
 

@@ -5,28 +5,10 @@ from typing import Any, Generic, Iterable, Mapping, TypeVar
 
 from .connection import DatabaseConnection, db_connection
 from .errors import DataValidationError, NotFoundError
-from .models import BaseModel, _text
+from .models import BaseModel
+from . import validation as check
 
 T = TypeVar("T", bound=BaseModel)
-
-MAX_PAGE = 10_000
-MAX_ID = 2**63 - 1  # bigint: no row id is larger
-
-
-def _positive_int(name: str, value, maximum: int = MAX_ID) -> int:
-    """``value`` when it is an int in ``[1, maximum]``; else ``DataValidationError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise DataValidationError(name, value, f"a positive integer <= {maximum}")
-    return value
-
-
-def _sendable(name: str, value):
-    """Refuse a filter value the driver cannot send (it would raise a raw ValueError)."""
-    if isinstance(value, str):
-        _text(name, value)  # NUL and lone surrogates: the models' own rules
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
-        raise DataValidationError(name, value, "an integer of at most 1000 digits")
-    return value
 
 
 class BaseRepository(Generic[T]):
@@ -55,7 +37,7 @@ class BaseRepository(Generic[T]):
             if name not in fields:
                 raise DataValidationError(name, value, f"a field of {self.model.__name__} ({', '.join(fields)})")
             field = fields[name]
-            query = query.where(field.is_null() if value is None else field == _sendable(name, value))
+            query = query.where(field.is_null() if value is None else field == check.sendable(name, value))
         return query
 
     def create(self, **data) -> T:
@@ -69,7 +51,7 @@ class BaseRepository(Generic[T]):
 
     def get_by_id(self, id: int) -> T | None:
         """The row with primary key ``id``, or ``None``."""
-        _positive_int("id", id)
+        check.positive_int("id", id)
         with self.session("get_by_id"):
             return self.model.get_or_none(self.model._meta.primary_key == id)
 
@@ -85,11 +67,11 @@ class BaseRepository(Generic[T]):
 
         Keyset pagination: pass the last id of one page as ``after_id`` of the next.
         """
-        _positive_int("limit", limit, MAX_PAGE)
+        check.limit(limit)
         pk = self.model._meta.primary_key
         query = self._where(self.model.select(), filters).order_by(pk).limit(limit)
         if after_id is not None:
-            query = query.where(pk > _positive_int("after_id", after_id))
+            query = query.where(pk > check.positive_int("after_id", after_id))
         with self.session("list"):
             return list(query)
 
@@ -98,7 +80,7 @@ class BaseRepository(Generic[T]):
 
         Raises ``NotFoundError``, ``DataValidationError`` or ``IntegrityViolation``.
         """
-        _positive_int("id", id)
+        check.positive_int("id", id)
         changes = self.model.validate(data, partial=True)
         pk = self.model._meta.primary_key
         with self.session("update"):
@@ -114,7 +96,7 @@ class BaseRepository(Generic[T]):
 
     def delete(self, id: int) -> bool:
         """Delete row ``id``; ``True`` if it existed."""
-        _positive_int("id", id)
+        check.positive_int("id", id)
         with self.session("delete"):
             return self.model.delete().where(self.model._meta.primary_key == id).execute() > 0
 
@@ -132,10 +114,11 @@ class BaseRepository(Generic[T]):
         """Insert all ``rows`` in one transaction, ``batch_size`` per statement.
 
         Every row is validated before the first statement; any failure writes
-        nothing. ``rows`` may come from a query (read in the same transaction).
-        Returns the number of rows inserted.
+        nothing (a ``DataValidationError`` names the bare ``field`` and the
+        1-based ``row``). ``rows`` may come from a query (read in the same
+        transaction). Returns the number of rows inserted.
         """
-        _positive_int("batch_size", batch_size, MAX_PAGE)
+        check.limit(batch_size, "batch_size")
         if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
             raise DataValidationError("rows", rows, "an iterable of rows (mappings)")
         # Rows are read inside the session: a query (or anything else that reads
@@ -146,7 +129,7 @@ class BaseRepository(Generic[T]):
                 try:
                     validated.append(self.model.validate(row))
                 except DataValidationError as exc:
-                    raise DataValidationError(f"row {number}: {exc.field}", exc.value, exc.expected) from None
+                    raise exc.at(row=number) from None
             # One statement needs one column list: group rows by the fields they set.
             groups: dict[tuple, list[dict]] = {}
             for row in validated:

@@ -2,7 +2,9 @@
 import`` is ambiguous once tests/reliability has a conftest.py of its own)."""
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 
 from marketstore import (
     ArticleRepository,
@@ -58,3 +60,24 @@ REPOSITORIES = {
     OrderEvent: OrderEventRepository, BacktestResult: BacktestResultRepository,
 }
 """The repository of each model."""
+
+
+@contextmanager
+def sent_statements():
+    """Collect the (sql, params) of every statement peewee executes in the block."""
+    found: list[tuple[str, object]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            if isinstance(record.msg, tuple) and len(record.msg) == 2:
+                found.append(record.msg)
+
+    logger, handler = logging.getLogger("peewee"), Capture(logging.DEBUG)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -232,14 +232,14 @@ BAD_PRICE_FILES = [
     ("non-numeric price on line 7", "\n".join([HEADER] + _bars(5) + ["TEST,2024-01-03T14:30:00Z,ten,11,9,10,1"]),
      7, "open", "decimal number"),
     ("missing column", "symbol,timestamp,open,high,low,volume\nTEST,2024-01-03T14:30:00Z,10,11,9,1", 1, "close",
-     "missing, expected a column of the header"),
+     "expected a column of the header"),
     ("high below low", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,1\nTEST,2024-01-03T14:31:00Z,10,9,11,10,1",
      3, "high", "high >= low"),
     ("bad timestamp", f"{HEADER}\nTEST,03/01/2024 14:30,10,11,9,10,1", 2, "timestamp", "ISO-8601"),
     # PostgreSQL would read it as 2003-04-25: only ISO 8601 reaches the server.
     ("two-digit year", f"{HEADER}\nTEST,03/04/25,10,11,9,10,1", 2, "timestamp", "ISO-8601"),
     ("negative volume", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,-5", 2, "volume", ">= 0"),
-    ("empty value", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,,9,10,5", 2, "high", "missing"),
+    ("empty value", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,,9,10,5", 2, "high", "the field is required"),
     ("bad symbol", f"{HEADER}\nTE ST,2024-01-03T14:30:00Z,10,11,9,10,5", 2, "symbol", "matching"),
     ("bad interval", f"{HEADER},interval\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,1 minute", 2, "interval",
      "matching"),
@@ -251,7 +251,7 @@ BAD_PRICE_FILES = [
     ("bar repeated in the file", "\n".join([HEADER] + _bars(2) + _bars(1)), 4, None,
      "appears earlier in the file"),
     ("relative timestamp", f"{HEADER}\nTEST,now,10,11,9,10,5", 2, "timestamp", "expected an ISO-8601 timestamp"),
-    ("empty file", "", None, None, "empty file"),
+    ("empty file", "", 1, "header", "the file is empty"),
 ]
 
 
@@ -271,9 +271,7 @@ def test_ingest_prices_refuses_a_bad_file_and_loads_nothing(db, raw, tmp_path, d
 
 
 def test_ingest_prices_with_a_bad_last_line_after_several_chunks_loads_nothing(db, raw, tmp_path, database_url):
-    from marketstore.ingest import CHUNK_ROWS
-
-    good = [f"TEST,{_minute(i)},1,1,1,1,1" for i in range(CHUNK_ROWS * 2 + 10)]
+    good = [f"TEST,{_minute(i)},1,1,1,1,1" for i in range(12_010)]  # several 64 KiB reads
     path = tmp_path / "big.csv"
     path.write_text("\n".join([HEADER] + good + ["TEST,2030-01-01T00:00:00Z,1,1,1,1,lots"]) + "\n")
     message = fails("ingest", "prices", path, "--database", database_url)
@@ -295,7 +293,8 @@ def test_ingest_prices_refuses_a_file_that_is_not_utf8(db, raw, tmp_path, databa
 
 
 def test_ingest_prices_missing_file(database_url, tmp_path):
-    assert "cannot read" in fails("ingest", "prices", tmp_path / "nope.csv", "--database", database_url)
+    line = fails("ingest", "prices", tmp_path / "nope.csv", "--database", database_url)
+    assert line == f"Error: {tmp_path / 'nope.csv'}: field 'path': expected a readable file (No such file or directory)"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
@@ -338,14 +337,14 @@ def test_ingest_articles_loads_json_lines_and_skips_known_urls(db, raw, tmp_path
 
 
 BAD_ARTICLE_LINES = [
-    ("invalid JSON", '{"title": "x",', None, "not valid JSON"),
+    ("invalid JSON", '{"title": "x",', None, "expected valid JSON"),
     ("not an object", '["title"]', None, "expected a JSON object"),
     ("symbols not a list", json.dumps({"title": "x", "symbols": "TEST"}), "symbols", "a list of strings"),
-    ("missing title", json.dumps({"content": "x"}), "title", "missing"),
+    ("missing title", json.dumps({"content": "x"}), "title", "the field is required"),
     ("bad published_at", json.dumps({"title": "x", "published_at": "soon"}), "published_at", "ISO-8601"),
     ("ingested_at is the database's", json.dumps({"title": "x", "ingested_at": "2020-01-01"}), "ingested_at",
      "set by the database"),
-    ("unknown field", json.dumps({"title": "x", "author": "me"}), "author", "unknown field"),
+    ("unknown field", json.dumps({"title": "x", "author": "me"}), "author", "expected a known field"),
 ]
 
 

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import marketstore
-from marketstore import DataValidationError, IntegrityViolation, PriceRepository
+from marketstore import DataValidationError, DuplicateKeyError, IntegrityViolation, PriceRepository
 from marketstore.repositories import BUCKET_ORIGIN, PriceBar
+from marketstore.repositories._copy import copy_line, copy_lines, fast_copy_line, price_row
 
 from helpers import count_rows
 
@@ -168,7 +169,7 @@ def test_get_range_and_latest_build_the_same_instances_as_peewee(prices):
 
 def test_nested_and_concurrent_gc_pauses_end_with_the_last():
     import gc
-    from marketstore.repositories import _no_gc
+    from marketstore.repositories.prices import _no_gc
     first = _no_gc()
     first.__enter__()  # as another thread's get_range would
     with _no_gc():
@@ -310,7 +311,7 @@ def test_upsert_many_is_all_or_nothing_across_batches(prices, raw):
     rows[2_100] = dict(rows[2_100], high=rows[2_100]["low"] - 1)  # the third batch
     with pytest.raises(DataValidationError) as info:
         prices.upsert_many(rows, batch_size=1_000)
-    assert "row 2101" in str(info.value) and "high" in str(info.value)
+    assert (info.value.row, info.value.field, info.value.source) == (2101, "high", None)
     assert count_rows(raw, "prices") == 0
 
 
@@ -324,7 +325,7 @@ def test_upsert_many_is_all_or_nothing_across_batches(prices, raw):
 def test_upsert_many_refuses_bad_rows(prices, raw, row, field):
     with pytest.raises(DataValidationError) as info:
         prices.upsert_many([bar("AAA", 10), row])
-    assert info.value.field.startswith("row 2") and field in info.value.field
+    assert (info.value.row, info.value.field) == (2, field)
     assert count_rows(raw, "prices") == 0
 
 
@@ -365,8 +366,9 @@ def test_copy_from_bad_csv_line_aborts_whole_load(prices, raw, tmp_path):
     write_csv(path, rows)
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(str(path))
-    message = str(info.value)
-    assert str(path) in message and "line 2502" in message and "low" in message  # header is line 1
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 2502, "high")  # header: line 1
+    assert info.value.value == str(rows[2_500]["high"])  # the cell as the file wrote it
+    assert info.value.expected == f"high >= low ({rows[2_500]['low']})"
     assert count_rows(raw, "prices") == 0
 
 
@@ -374,39 +376,46 @@ HEADER = "symbol,timestamp,open,high,low,close,volume\n"
 GOOD = "AAA,2024-01-02T00:00:00Z,1,2,1,2,3\n"
 
 
-@pytest.mark.parametrize("content, where", [
-    ("symbol,timestamp,open,high,low,close\n", "line 1: volume"),
-    ("symbol,timestamp,open,high,low,close,volume,colour\n", "line 1: colour"),
-    ("symbol,timestamp,symbol,open,high,low,close,volume\n", "line 1: symbol"),
-    ("symbol,timestamp,,open,high,low,close,volume\n", "line 1: column 3"),
-    (HEADER + GOOD + "AAA,2024-01-02\n", "line 3"),
-    (HEADER + "AAA,2024-01-02,1,2,1,2,3,4\n", "line 2"),
-    (HEADER + "\n\r\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", "line 4: volume"),
+BAD_FILES = [
+    # (file text, line, field): the error's source is the file, its line and field these.
+    ("symbol,timestamp,open,high,low,close\n", 1, "volume"),
+    ("symbol,timestamp,open,high,low,close,volume,colour\n", 1, "colour"),
+    ("symbol,timestamp,symbol,open,high,low,close,volume\n", 1, "symbol"),  # a column twice
+    ("symbol,timestamp,,open,high,low,close,volume\n", 1, "header"),
+    (HEADER + GOOD + "AAA,2024-01-02\n", 3, "row"),
+    (HEADER + "AAA,2024-01-02,1,2,1,2,3,4\n", 2, "row"),
+    (HEADER + "\n\r\nAAA,2024-01-02T00:00:00Z,1,2,1,2,x\n", 4, "volume"),
     # What PostgreSQL's input would take but a bar must not be: relative or infinite times,
     # years a Python datetime cannot hold, day/month order left to a server setting.
-    *[(HEADER + GOOD.replace("2024-01-02T00:00:00Z", ts), "line 2: timestamp") for ts in (
+    *[(HEADER + GOOD.replace("2024-01-02T00:00:00Z", ts), 2, "timestamp") for ts in (
         "now", " Today", "infinity", "10000-01-01", "01/02/2024", "03/04/25", "02-01-24", "31.12.23", "240102",
         "Jan 2 2024", "2024.01.02", "epoch", "J2460000", "2024-01-01T24:00:00", "2024-01-01T23:59:60Z",
         "2024-01-02T00:00:00.9999995Z", "2024-01-02 10:00 EST", '"2024-01-02 10:00 America/New_York"')],
-    (HEADER + GOOD + 'AAA,"2024-01-03\nnow",1,2,1,2,3\n', "line 3"),  # a quoted line break
-    ("symbol,timestamp,open,high,low,close,volume\rAAA,2024-01-02,1,2,1,2,3\r", "line 1"),  # \r line ends
-    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,12345m\n",
-     "line 2: interval"),
-    (HEADER + "AAA,2024-01-02,NaN,NaN,NaN,NaN,NaN\n", "line 2: open"),
-    (HEADER + "AAA,2024-01-02,1,Infinity,1,2,3\n", "line 2: high"),
-    (HEADER + "AAA,2024-01-02,1,99999999999999999,1,2,3\n", "line 2: high"),
-    (HEADER + "AAA,2024-01-02,,2,1,2,3\n", "line 2: open"),
-    (HEADER + "AA A,2024-01-02,1,2,1,2,3\n", "line 2: symbol"),
-    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,1x\n", "line 2: interval"),
+    (HEADER + GOOD + 'AAA,"2024-01-03\nnow",1,2,1,2,3\n', 3, "row"),  # a quoted line break
+    ("symbol,timestamp,open,high,low,close,volume\rAAA,2024-01-02,1,2,1,2,3\r", 1, "header"),  # \r line ends
+    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,12345m\n", 2, "interval"),
+    (HEADER + "AAA,2024-01-02,NaN,NaN,NaN,NaN,NaN\n", 2, "open"),
+    (HEADER + "AAA,2024-01-02,1,Infinity,1,2,3\n", 2, "high"),
+    (HEADER + "AAA,2024-01-02,1,99999999999999999,1,2,3\n", 2, "high"),
+    (HEADER + "AAA,2024-01-02,,2,1,2,3\n", 2, "open"),
+    (HEADER + "AA A,2024-01-02,1,2,1,2,3\n", 2, "symbol"),
+    ("symbol,timestamp,open,high,low,close,volume,interval\nAAA,2024-01-02,1,2,1,2,3,1x\n", 2, "interval"),
     # COPY's end-of-data marker would silently drop the rest of the file.
-    (HEADER + GOOD + "\\.\n" + GOOD.replace("00:00:00", "00:01:00"), "line 3"),
-])
-def test_copy_from_reports_file_and_line(prices, raw, tmp_path, content, where):
+    (HEADER + GOOD + "\\.\n" + GOOD.replace("00:00:00", "00:01:00"), 3, "row"),
+]
+
+
+@pytest.mark.parametrize("method", ["copy_from", "upsert_many"])
+@pytest.mark.parametrize("content, line, field", BAD_FILES)
+def test_a_bad_file_names_its_line_and_field_through_either_reader(prices, raw, tmp_path, method, content, line,
+                                                                     field):
     path = tmp_path / "in.csv"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataValidationError) as info:
-        prices.copy_from(path)
-    assert f"{path}, {where}" in str(info.value)
+        getattr(prices, method)(path)
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), line, field)
+    assert info.value.row is None
+    assert str(info.value).startswith(f"{path}, line {line}: {field}=")
     assert count_rows(raw, "prices") == 0
 
 
@@ -443,7 +452,8 @@ def test_copy_from_csv_long_runs_of_blank_lines_do_not_end_the_load(prices, raw,
                     + "AAA,2024-01-02,x,2,1,2,3\n", encoding="utf-8")
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(path)
-    assert info.value.field == f"{path}, line {1 + 70_000 + 2_000 + 140_000 + 1}: open"
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 1 + 70_000 + 2_000 + 140_000 + 1,
+                                                                      "open")
     path.write_text(HEADER + "\n" * 70_000 + "".join(rows[:1_000]) + "\r\n" * 140_000 + "".join(rows[1_000:]),
                     encoding="utf-8")
     assert prices.copy_from(path) == 2_000
@@ -470,12 +480,14 @@ def test_copy_from_csv_server_refusal_is_logged_once_with_context(prices, raw, t
         with marketstore.get_db_session():  # nested: the inner session logs, the outer does not again
             prices.copy_from(path)
     path.write_text(HEADER + GOOD + GOOD, encoding="utf-8")
-    with pytest.raises(IntegrityViolation, match="line 3"):
+    with pytest.raises(DuplicateKeyError) as info:
         prices.copy_from(path)
+    assert (info.value.source, info.value.line) == (str(path), 3)
+    assert info.value.key == {"symbol": "AAA", "interval": "1m", "timestamp": "2024-01-02 00:00:00+00"}
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert messages[0].startswith("copy_from Price failed after") and "line 3: open" in messages[0]
-    assert messages[1].startswith("copy_from Price failed after") and "IntegrityViolation" in messages[1]
+    assert messages[1].startswith("copy_from Price failed after") and "DuplicateKeyError" in messages[1]
 
 
 def test_copy_from_csv_never_reads_an_unbroken_line_whole(prices, raw, tmp_path):
@@ -486,7 +498,7 @@ def test_copy_from_csv_never_reads_an_unbroken_line_whole(prices, raw, tmp_path)
     path.write_bytes((HEADER + GOOD).encode() + b"A" * (3 << 20))
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(path)
-    assert info.value.field == f"{path}, line 3"
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 3, "row")
     assert count_rows(raw, "prices") == 0
 
 
@@ -495,7 +507,8 @@ def test_copy_from_reports_a_byte_that_is_not_utf8(prices, raw, tmp_path):
     path.write_bytes((HEADER + GOOD).encode() + "BÉB,2024-01-02,1,2,1,2,3\n".encode("latin-1"))
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(path)
-    assert info.value.field == f"{path}, line 3" and info.value.expected == "UTF-8 text"
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 3, "row")
+    assert info.value.expected == "UTF-8 text"
     assert count_rows(raw, "prices") == 0
 
 
@@ -517,7 +530,8 @@ def test_copy_from_csv_counts_lines_across_chunks_and_blank_lines(prices, raw, t
     path.write_text("".join(text), encoding="utf-8")
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(path)
-    assert info.value.field == f"{path}, line {bad_at + 1}: symbol"
+    assert (info.value.source, info.value.line, info.value.field, info.value.value) == (
+        str(path), bad_at + 1, "symbol", "A A")
     assert count_rows(raw, "prices") == 0
 
 
@@ -561,7 +575,7 @@ def test_copy_from_fifo_error_quotes_the_line_the_server_refused(prices, raw, tm
             prices.copy_from(path)
     finally:
         thread.join(10)
-    assert info.value.field == f"{path}, line 3"
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 3, "row")
     assert info.value.value == "AAA,2024-01-03T00:00:00Z,3,2,1,2,3"
     assert "prices_ohlc_check" in info.value.expected
     assert count_rows(raw, "prices") == 0
@@ -602,7 +616,7 @@ def test_copy_from_bad_row_in_iterable_names_row(prices, raw):
     rows = [bar("AAA", m) for m in range(100)] + [{"symbol": "AAA"}]
     with pytest.raises(DataValidationError) as info:
         prices.copy_from(rows)
-    assert info.value.field.startswith("row 101: ")
+    assert (info.value.row, info.value.field) == (101, "timestamp")
     assert count_rows(raw, "prices") == 0
 
 
@@ -709,7 +723,7 @@ LATER = T0 + dt.timedelta(hours=1)
     ("resample", ("AAA", T0, LATER), {"bucket": "1 month"}, "bucket"),
     ("resample", ("AAA", T0, LATER), {"bucket": dt.timedelta(0)}, "bucket"),
     ("resample", ("AAA", T0, LATER), {"bucket": "0 hours"}, "bucket"),
-    ("upsert_many", ({"symbol": "AAA"},), {}, "rows"),
+    ("upsert_many", ({"symbol": "AAA"},), {}, "rows_or_csv_path"),
     ("upsert_many", ([bar("AAA", 0)],), {"batch_size": 0}, "batch_size"),
     ("copy_from", (42,), {}, "rows_or_csv_path"),
     ("delete_before", ("soon",), {}, "ts"),
@@ -731,9 +745,8 @@ def _copy_values(line: str) -> tuple:
 
 
 def _full_line(row):
-    from marketstore.repositories import _copy_line, _price_row
     try:
-        return _copy_line(_price_row(row, "row 1"))
+        return copy_line(price_row(row))
     except DataValidationError:
         return None
 
@@ -792,32 +805,30 @@ def price_inputs(draw):
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(row=price_inputs())
 def test_fast_row_check_accepts_exactly_what_full_validation_accepts(row):
-    from marketstore.repositories import _copy_lines, _fast_copy_line
     full = _full_line(row)
-    fast = _fast_copy_line(row, set(), set())
+    fast = fast_copy_line(row, set(), set())
     if fast is not None:  # the fast check vouched for the row: the full validation agrees, same values
         assert full is not None, row
         assert _copy_values(fast) == _copy_values(full)
     symbols, intervals = set(), set()
     for _ in range(2):  # the second time through, symbol and interval come from the caches
-        again = _fast_copy_line(row, symbols, intervals)
+        again = fast_copy_line(row, symbols, intervals)
         assert again == fast
     # The whole pipeline: the same line, or the same error as the full validation alone.
     try:
-        lines = list(_copy_lines([(1, row)]))
+        lines = list(copy_lines([row]))
     except DataValidationError as exc:
         assert full is None
         with pytest.raises(DataValidationError) as info:
-            from marketstore.repositories import _price_row
-            _price_row(row, "row 1")
-        assert str(info.value) == str(exc)
+            price_row(row)
+        assert info.value.row is None and exc.row == 1
+        assert str(info.value.at(row=1)) == str(exc)
     else:
         assert full is not None and _copy_values(lines[0]) == _copy_values(full)
 
 
 def test_fast_row_check_takes_the_common_row():
     """The fast path is really taken for the rows callers pass (else the test above proves little)."""
-    from marketstore.repositories import _fast_copy_line
     for row in (bar("AAA", 0), {k: v for k, v in bar("AAA", 1).items() if k != "interval"},
                 dict(bar("AAA", 2), timestamp=(T0 + MINUTE).replace(tzinfo=None))):
-        assert _fast_copy_line(row, set(), set()) == _full_line(row)
+        assert fast_copy_line(row, set(), set()) == _full_line(row)

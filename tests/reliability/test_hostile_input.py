@@ -54,7 +54,8 @@ from marketstore import (
     TradingSignal,
     TradingSignalRepository,
 )
-from marketstore.models import MAX_JSON_BYTES, MAX_TEXT_CHARS, config_hash
+from marketstore.models import config_hash
+from marketstore.validation import MAX_JSON_BYTES, MAX_TEXT_CHARS
 
 from helpers import REPOSITORIES
 from reliability_helpers import count_rows, pgcodes, query, snapshot

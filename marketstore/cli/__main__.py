@@ -1,0 +1,4 @@
+"""``python -m marketstore.cli``: the ``marketstore`` command."""
+from . import main
+
+main()

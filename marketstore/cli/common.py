@@ -1,0 +1,103 @@
+"""What every ``marketstore`` command shares: the database option, one-line errors, output options."""
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from pathlib import Path
+
+import click
+import psycopg2.errorcodes
+
+from .. import embedded
+from ..config import URL_VAR, is_configured
+from ..connection import db_connection, initialize_database
+from ..errors import DatabaseConnectionError, DataValidationError, MarketstoreError, PoolExhaustedError, driver_error
+from ..output import FORMATS, render
+from ..repositories import PriceRepository
+
+
+def connect(url: str | None) -> None:
+    """Bind the models to ``--database``, else the environment, else the embedded server."""
+    if url is None and not is_configured():
+        try:
+            url = embedded.embedded_url()
+        except (subprocess.CalledProcessError, OSError) as exc:
+            # pgserver's initdb/pg_ctl failed; it logs their output (shown with -v).
+            step = (f"{Path(exc.cmd[0]).name} exited with status {exc.returncode}"
+                    if isinstance(exc, subprocess.CalledProcessError) else str(exc))
+            raise embedded.EmbeddedUnavailable(
+                f"the embedded PostgreSQL in {embedded.data_dir()} could not start ({step}; -v shows more): "
+                f"set {URL_VAR} or pass --database to use another server") from exc
+        click.echo(f"Using the embedded PostgreSQL, data in {embedded.data_dir()}", err=True)
+        click.echo(f"  (set {URL_VAR} or pass --database to use another server)", err=True)
+    initialize_database(url)
+
+
+def command(fn):
+    """Open the database before ``fn`` and turn every marketstore error into one clean line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, database=None, **kwargs):
+        try:
+            connect(database)
+            return fn(*args, **kwargs)
+        except MarketstoreError as exc:
+            raise click.ClickException(hint(exc)) from exc
+        finally:
+            db_connection.close()
+
+    return click.option(
+        "--database", metavar="URL", default=None,
+        help=f"PostgreSQL URL (overrides {URL_VAR}; default: the environment, else the embedded server).",
+    )(wrapper)
+
+
+def shown(value, limit: int = 60) -> str:
+    """``value`` as a person reads it in an error line: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hint(exc: MarketstoreError) -> str:
+    """The one line a person reads: what failed, where (password masked), what to do."""
+    settings = db_connection.settings
+    where = settings.safe_url() if settings is not None else "the database"
+    if isinstance(exc, DataValidationError) and exc.source is not None:
+        at = f"line {exc.line}, " if exc.line is not None else ""
+        got = "" if exc.value == exc.source else f"got {shown(exc.value)}, "
+        return f"{exc.source}: {at}field '{exc.field}': {got}expected {exc.expected}"
+    driver = driver_error(exc)
+    if driver is not None and driver.pgcode == psycopg2.errorcodes.UNDEFINED_TABLE:
+        return f"{driver.diag.message_primary} in {where}: run `marketstore migrate` first"
+    if isinstance(exc, DatabaseConnectionError) and not isinstance(exc, PoolExhaustedError) and driver is not None:
+        # libpq's reason, without its own "connection to server ... failed:" and "FATAL:"
+        reason = str(driver).strip().splitlines()[0]
+        reason = re.sub(r"^connection to server .*? failed: ", "", reason)
+        return f"cannot connect to {where}: {re.sub(r'^FATAL: +', '', reason)}"
+    return str(exc)
+
+
+def format_option(fn):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="table for a person; csv or json for a pipe.")(fn)
+
+
+def range_options(fn):
+    fn = click.option("--end", required=True, metavar="TIME",
+                      help="End, exclusive (ISO-8601 date or time; UTC unless it has an offset).")(fn)
+    return click.option("--start", required=True, metavar="TIME",
+                        help="Start, inclusive (ISO-8601 date or time; UTC unless it has an offset).")(fn)
+
+
+def emit(rows: list[dict], columns: list[str], fmt: str, table_columns: list[str] | None = None) -> None:
+    """Print ``rows`` as ``fmt``; a table shows ``table_columns`` when given."""
+    click.echo(render(rows, table_columns if fmt == "table" and table_columns else columns, fmt))
+
+
+def read_bars(symbol: str, start: str, end: str, bucket: str | None, interval: str) -> list:
+    """Stored bars of ``symbol``, resampled in SQL into ``bucket`` bars when given."""
+    prices = PriceRepository()
+    if bucket:
+        return prices.resample(symbol, start, end, bucket=bucket, interval=interval)
+    return prices.get_range(symbol, start, end, interval=interval)

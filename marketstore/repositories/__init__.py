@@ -1,0 +1,29 @@
+"""The seven specialised repositories, one module per aggregate; each holds only its own queries.
+
+CRUD is inherited from :class:`~marketstore.repository.BaseRepository`. Every
+method validates its parameters before touching the database (raising
+:class:`~marketstore.errors.DataValidationError` naming the parameter and
+value), runs in ``self.session(...)`` so callers can compose several calls
+into one ``get_db_session()`` transaction, and sends every value as a bound
+parameter. Parameters after a method's subject are keyword-only except where
+SPEC fixes their position.
+
+* :mod:`.prices` -- ``PriceRepository`` (its bulk engine: :mod:`._copy`, :mod:`._csv`);
+* :mod:`.news` -- ``ArticleRepository``, ``SentimentScoreRepository``, ``EventRepository``;
+* :mod:`.trading` -- ``TradingSignalRepository``, ``OrderRepository``;
+* :mod:`.backtests` -- ``BacktestResultRepository``.
+"""
+from ._copy import PRICE_COLUMNS, PRICE_HEADER
+from ._sql import BUCKET_ORIGIN
+from .backtests import BacktestResultRepository
+from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
+from .prices import PRICE_ROW_COLUMNS, PriceBar, PriceRepository
+from .trading import FILL_STATUSES, OPEN_STATUSES, ORDER_MOVES, OrderRepository, TradingSignalRepository
+
+__all__ = [
+    "ArticleRepository", "BacktestResultRepository", "EventRepository", "OrderRepository", "PriceRepository",
+    "SentimentScoreRepository", "TradingSignalRepository",
+    "PriceBar", "SentimentBucket",
+    "BUCKET_ORIGIN", "FILL_STATUSES", "OPEN_STATUSES", "ORDER_MOVES", "PRICE_COLUMNS", "PRICE_HEADER",
+    "PRICE_ROW_COLUMNS",
+]

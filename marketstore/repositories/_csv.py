@@ -1,0 +1,287 @@
+"""The one reader of price CSV files: ``copy_from(path)`` and ``upsert_many(path)`` both use it.
+
+The header is read here; the body goes to the server as it is (``COPY ...
+FORMAT csv``), which parses it and holds every row to the table's rules.
+Python looks only at chunks one regex cannot vouch for. A server refusal is
+mapped back to the file, its line and the column.
+"""
+from __future__ import annotations
+
+import bisect
+import csv
+import itertools
+import os
+import re
+from typing import Callable
+
+import psycopg2
+
+from ..errors import DataValidationError, MarketstoreError
+from ..validation import unreadable
+from ._copy import DEFAULT_INTERVAL, PRICE_COLUMNS, PRICE_HEADER, copy, duplicate, price_row, refused_line
+
+Progress = Callable[[int], None]
+
+# Timestamps of a CSV file: ISO 8601 only. PostgreSQL's own input also takes
+# '03/04/25' (2003-04-25 under YMD), 'Jan 2 2024', 'epoch', 'now', 'J2460000',
+# '24:00:00' and ':60' (the next day or minute), zone names and rounds past 6
+# decimals, so the text is checked before the server parses it. Out-of-range
+# months and days the server refuses by itself.
+_ISO_TIMESTAMP = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                  r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
+                  r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?")
+_ISO_TIMESTAMP_RE = re.compile(_ISO_TIMESTAMP)
+ISO_EXPECTED = "an ISO-8601 timestamp (YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|+HH:MM])"
+_MAX_LINE = 1 << 20  # bytes: memory stays bounded even for a file without line breaks
+_END_OF_COPY = b"\\."  # alone on a line, it ends COPY's data: the rest of the file would be dropped
+_LINE_END = re.compile(rb"\r?\n")
+_CSV_SETTINGS = ("SELECT current_setting('timezone'), current_setting('datestyle'), "
+                 "set_config('timezone', 'UTC', true), set_config('datestyle', 'ISO, YMD', true)")
+_CSV_RESTORE = "SELECT set_config('timezone', %s, true), set_config('datestyle', %s, true)"
+
+
+def csv_header(handle, path: str) -> tuple[list[str], int] | None:
+    """The column names of a price CSV file's header line and the line's size in bytes.
+
+    Reads one line of the binary file ``handle`` (BOM, spaces and case
+    ignored); ``None`` for an empty file. ``DataValidationError`` at
+    ``path``, line 1, naming the column for an unknown, repeated or missing one.
+    """
+    first = handle.readline(_MAX_LINE)
+    if not first:
+        return None
+    at = {"source": path, "line": 1}
+    if not first.endswith(b"\n") and len(first) >= _MAX_LINE:  # one huge line: never read it whole
+        raise DataValidationError("header", "<a line over 1 MiB>", f"the header {PRICE_HEADER}", **at)
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError("header", exc.object[exc.start:exc.end], "UTF-8 text", **at) from None
+    try:
+        header = [name.strip().lower() for name in next(csv.reader([text]), [])]
+    except csv.Error as exc:  # e.g. a file with \r line ends only: one "line"
+        raise DataValidationError("header", text[:80], f"a CSV header line ({exc})", **at) from None
+    for position, name in enumerate(header):
+        if name not in PRICE_COLUMNS:
+            raise DataValidationError(name or "header", name, f"a column of the header {PRICE_HEADER} "
+                                      f"(column {position + 1})", **at)
+        if header.index(name) != position:
+            raise DataValidationError(name, name, "each column once", **at)
+    for name in PRICE_COLUMNS:
+        if name not in header and name != "interval":
+            raise DataValidationError(name, None, f"a column of the header {PRICE_HEADER}", **at)
+    return header, len(first)
+
+
+def _plain_lines(header: list[str]) -> re.Pattern:
+    """Matches a chunk of whole lines that need no look from Python.
+
+    Every line has ``len(header)`` unquoted fields, the timestamp one ISO
+    8601, the interval one (if any) not empty. One C-level match per chunk
+    (~0.5 us per line); a chunk that does not match is checked line by line.
+    """
+    fields = [rb"[^,\"\r\n]*"] * len(header)
+    fields[header.index("timestamp")] = _ISO_TIMESTAMP.encode()
+    if "interval" in header:
+        fields[header.index("interval")] = rb"[1-9][^,\"\r\n]*"
+    line = b",".join(fields)
+    return re.compile(rb"(?:" + line + rb"\r?\n)*(?:" + line + rb")?")
+
+
+class CsvBody:
+    """The body of a price CSV file, read for ``COPY ... FROM STDIN WITH (FORMAT csv)``.
+
+    Python reads whole lines, 64 KiB at a time, and passes a chunk on as it
+    is when one regex vouches for all of it. Other chunks are looked at line
+    by line: blank lines are dropped (and line numbers remapped), an empty
+    interval cell gets ``interval``, and a timestamp that is not ISO 8601, a
+    line break inside quotes or COPY's end-of-data marker ``\\.`` is refused.
+    """
+
+    def __init__(self, handle, path: str, header: list[str], interval: str, progress: Progress | None = None):
+        self._handle, self.path, self._progress = handle, path, progress
+        self._start = handle.tell() if handle.seekable() else None  # where the body begins
+        self._read = 0  # bytes of the body read
+        self.header = header
+        self._plain = _plain_lines(header)
+        self._timestamp_at = header.index("timestamp")
+        self._interval_at = header.index("interval") if "interval" in header else None
+        self.interval = interval
+        # Without an interval column, each line gets the interval appended unless it is the
+        # column's default (after blank lines are dropped).
+        self.columns = header if "interval" in header or interval == DEFAULT_INTERVAL else header + ["interval"]
+        self._suffix = f",{interval}".encode() if len(self.columns) > len(header) else None
+        self._sent = 0  # data lines handed to COPY
+        self._file_line = 1  # last file line read (the header is line 1)
+        self._marks: list[int] = []  # COPY line numbers from which ...
+        self._offsets: list[int] = []  # ... this many more file lines were skipped
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            chunk = b""
+            while not chunk:  # b"" ends the COPY: a chunk of blank lines only must not
+                raw = self._handle.read(64 * 1024)
+                if raw and not raw.endswith(b"\n"):
+                    raw += self._handle.readline(_MAX_LINE)
+                    if not raw.endswith(b"\n") and len(raw.rpartition(b"\n")[2]) >= _MAX_LINE:
+                        line = self._file_line + raw.count(b"\n") + 1
+                        raise DataValidationError("row", "<a line over 1 MiB>", "a price row (a line break)",
+                                                  source=self.path, line=line)
+                if not raw:
+                    return raw
+                self._read += len(raw)
+                if self._progress is not None:
+                    self._progress(len(raw))
+                if self._plain.fullmatch(raw):
+                    lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
+                    self._sent += lines
+                    self._file_line += lines
+                    chunk = raw
+                else:
+                    chunk = self._checked(raw)
+            if self._suffix is not None:
+                chunk = _LINE_END.sub(self._suffix + b"\\g<0>", chunk)
+                if not chunk.endswith(b"\n"):
+                    chunk += self._suffix
+            return chunk
+        except OSError as exc:  # the file became unreadable part-way
+            self.error = unreadable(self.path, exc)
+            raise self.error from exc
+        except BaseException as exc:  # psycopg2 would report a generic ".read() call" error
+            self.error = exc
+            raise
+
+    def _checked(self, chunk: bytes) -> bytes:
+        kept = []
+        lines = [line + b"\n" for line in chunk.split(b"\n")]
+        lines[-1] = lines[-1][:-1]  # what follows the last newline: b"" or a last line without one
+        for line in filter(None, lines):  # lines counted as COPY and read() count them: by b"\n"
+            self._file_line += 1
+            stripped = line.rstrip(b"\r\n")
+            if not stripped:  # blank: COPY would read it as a row of one empty field
+                self._marks.append(self._sent + 1)
+                self._offsets.append(self._file_line - 1 - self._sent)
+                continue
+            where = {"source": self.path, "line": self._file_line}
+            if stripped == _END_OF_COPY:
+                raise DataValidationError("row", "\\.", "a price row (\\. would end the COPY early)", **where)
+            text = stripped.decode("utf-8", "replace")
+            if stripped.count(b'"') % 2 or b"\r" in stripped:
+                # COPY would join it to the next line (a quoted field spanning lines) or refuse the \r;
+                # either way the line numbers of everything after would no longer be the file's.
+                raise DataValidationError("row", text, "one record per line (no line break inside quotes)", **where)
+            try:
+                record = next(csv.reader([text]))
+            except csv.Error as exc:
+                raise DataValidationError("row", text, f"well-formed CSV ({exc})", **where) from None
+            if self._timestamp_at < len(record):  # a missing field or an empty cell: the server names it
+                value = record[self._timestamp_at].strip()
+                if value and not _ISO_TIMESTAMP_RE.fullmatch(value):
+                    raise DataValidationError("timestamp", value, ISO_EXPECTED, **where)
+            cell = self._interval_at
+            if cell is not None and cell < len(record) and not record[cell].strip():
+                record[cell] = self.interval  # an empty cell takes the interval, as a missing column does
+                line = _csv_text(record).encode() + line[len(stripped):]
+            self._sent += 1
+            kept.append(line)
+        return b"".join(kept)
+
+    @property
+    def rereadable(self) -> bool:
+        """Whether :meth:`rewound` can read the file again (a FIFO cannot be)."""
+        return self._start is not None and os.path.isfile(self.path)
+
+    def rewound(self) -> CsvBody:
+        """A body reading this :attr:`rereadable` file again from its first data line.
+
+        Its progress reports only the bytes beyond those this one reported.
+        """
+        self._handle.seek(self._start)
+        skip, progress = self._read, self._progress
+
+        def beyond(size: int) -> None:
+            nonlocal skip
+            size, skip = size - min(size, skip), skip - min(size, skip)
+            if size:
+                progress(size)
+
+        return CsvBody(self._handle, self.path, self.header, self.interval, progress and beyond)
+
+    def file_line(self, copy_line: int) -> int:
+        """The file line of COPY's data line ``copy_line`` (1-based)."""
+        at = bisect.bisect_right(self._marks, copy_line) - 1
+        return copy_line + 1 + (self._offsets[at] if at >= 0 else 0)
+
+    def refusal(self, exc: psycopg2.Error) -> MarketstoreError | None:
+        """The server's refusal of a line as an error naming the file, the line and the field.
+
+        Bad values (SQLSTATE class 22), missing ones (23502) and broken rules
+        (23514) are the file's fault: a ``DataValidationError``. The line is
+        validated again in Python when the file can be re-read, so the error
+        is the one a row would get (its value the cell as written); otherwise
+        it is built from the server's. A bar already stored, or repeated in
+        the file, is a :class:`DuplicateKeyError` naming the line. Anything
+        else (a lost connection...) is left to the usual translation.
+        """
+        found = refused_line(exc)
+        if found is None:
+            return None
+        copy_line, column, quoted = found
+        at = {"source": self.path, "line": self.file_line(copy_line)}
+        if exc.pgcode == "23505":
+            return duplicate(exc, **at)
+        text = _file_line(self.path, at["line"])
+        try:
+            record = next(csv.reader([text]), []) if text is not None else None
+        except csv.Error:
+            record = None
+        if exc.pgcode == "22021":  # invalid byte sequence
+            return DataValidationError("row", text if text is not None else quoted, "UTF-8 text", **at)
+        if record is not None and len(record) != len(self.header):
+            return DataValidationError("row", text, f"{len(self.header)} fields ({', '.join(self.header)})", **at)
+        if record is not None:
+            cells = dict(zip(self.header, record))
+            try:
+                self.row(cells)
+            except DataValidationError as error:
+                return DataValidationError(error.field, cells.get(error.field, error.value), error.expected, **at)
+        rule = exc.diag.constraint_name
+        return DataValidationError(column or "row", quoted if quoted is not None else text,
+                                   f"a row within the rule {rule}" if rule
+                                   else f"a value the server accepts (it said: {exc.diag.message_primary})", **at)
+
+    def row(self, cells: dict[str, str]) -> dict:
+        """The validated row of a record's ``cells`` read as COPY reads them: an empty cell is NULL."""
+        data = {name: cell if cell.strip() else None for name, cell in cells.items()}
+        if data.get("interval", "") is None:
+            del data["interval"]
+        return price_row(data, self.interval)
+
+    def copy_into(self, db, table: str) -> int:
+        """COPY the body into ``table`` on the session's connection; returns the number of rows."""
+        # Naive timestamps are UTC and day-first/month-first dates are refused, whatever the
+        # caller's session set (restored after: inside a caller's transaction SET LOCAL lasts).
+        settings = db.execute_sql(_CSV_SETTINGS).fetchone()
+        columns = ", ".join(f'"{c}"' for c in self.columns)
+        count = copy(db, f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", self)
+        db.execute_sql(_CSV_RESTORE, settings[:2])
+        return count
+
+
+def _csv_text(record: list[str]) -> str:
+    """``record`` as one CSV line (quoted where needed), without a line end."""
+    return ",".join(f'"{c}"' if any(ch in c for ch in ',"\r\n') else c for c in
+                    (c.replace('"', '""') if '"' in c else c for c in record))
+
+
+def _file_line(path: str, number: int) -> str | None:
+    """Line ``number`` of a regular file, for an error; ``None`` for a FIFO (it cannot be read twice)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        for line in itertools.islice(handle, number - 1, number):
+            return line.decode("utf-8", "replace").rstrip("\r\n")
+    return None
+
+

@@ -1,0 +1,204 @@
+"""The news aggregate: ``ArticleRepository``, ``SentimentScoreRepository``, ``EventRepository``.
+
+Queries take ``as_of`` (point in time): only rows whose article was ingested at
+or before ``as_of`` are visible; an event without an article is visible when
+its own ``timestamp`` is at or before ``as_of``. ``since`` is inclusive; time
+ranges are half-open, ``start <= t < end``; buckets are ``date_bin`` buckets
+aligned to Monday 2000-01-03 00:00 UTC, labelled by their start, empty ones
+omitted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NamedTuple
+
+from peewee import JOIN
+
+from .. import validation as check
+from ..errors import DataValidationError, NotFoundError
+from ..models import Article, Event, SentimentScore
+from ..repository import BaseRepository
+from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, where
+
+# Everything but the generated search vector: large, and of no use to callers.
+_ARTICLE_FIELDS = [f for f in Article._meta.sorted_fields if f is not Article.search_vector]
+_ARTICLE_COLUMNS = ", ".join(f'a."{f.column_name}"' for f in _ARTICLE_FIELDS)
+
+
+class ArticleRepository(BaseRepository[Article]):
+    """News articles. Returned instances leave out ``search_vector``."""
+
+    model = Article
+
+    def for_symbol(self, symbol: str, since=None, limit: int = 100, *, as_of=None) -> list[Article]:
+        """Articles tagged ``symbol``, newest ``published_at`` first (undated last).
+
+        ``since``: only articles published at or after it. Array containment
+        (``symbols @> ARRAY[symbol]``), served by the GIN index on ``symbols``.
+        """
+        symbol, limit = check.required_text("symbol", symbol, 256), check.limit(limit)
+        since, as_of = check.optional_timestamp("since", since), check.optional_timestamp("as_of", as_of)
+        query = where(Article.select(*_ARTICLE_FIELDS),
+                       contains(Article.symbols, symbol),
+                       None if since is None else Article.published_at >= since,
+                       visible_to(Article, as_of))
+        query = query.order_by(Article.published_at.desc(nulls="LAST"), Article.id.desc()).limit(limit)
+        with self.session("for_symbol"):
+            return list(query)
+
+    def recent(self, limit: int = 100, *, as_of=None) -> list[Article]:
+        """The ``limit`` newest articles by ``published_at`` (undated ones after all dated ones)."""
+        limit, as_of = check.limit(limit), check.optional_timestamp("as_of", as_of)
+        visible = visible_to(Article, as_of)
+        # Two index-ordered statements: ORDER BY published_at DESC NULLS LAST
+        # cannot walk the (ASC NULLS LAST) published_at index, and would sort
+        # the whole table on every call.
+        dated = where(Article.select(*_ARTICLE_FIELDS), Article.published_at.is_null(False), visible)
+        with self.session("recent"):
+            found = list(dated.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit))
+            if len(found) < limit:
+                undated = where(Article.select(*_ARTICLE_FIELDS), Article.published_at.is_null(), visible)
+                found += list(undated.order_by(Article.id.desc()).limit(limit - len(found)))
+        return found
+
+    def search(self, text: str, limit: int = 20, *, as_of=None) -> list[Article]:
+        """Full-text search over title and content, best match first.
+
+        ``text`` is web-search syntax (``websearch_to_tsquery``: words,
+        ``"a phrase"``, ``or``, ``-word``) and can never be a syntax error.
+        Ranked by ``ts_rank`` (title words weigh more than content words);
+        each article has its rank as ``article.rank``. Uses the GIN index on
+        the generated ``search_vector``.
+        """
+        text, limit = check.required_text("text", text, MAX_QUERY_TEXT), check.limit(limit)
+        as_of = check.optional_timestamp("as_of", as_of)
+        params: list[Any] = [text]
+        visible = ""
+        if as_of is not None:
+            visible, params = "AND a.ingested_at <= %s ", params + [as_of]
+        sql = (f"SELECT {_ARTICLE_COLUMNS}, ts_rank(a.search_vector, q) AS rank "
+               "FROM articles a, websearch_to_tsquery('english', %s) AS q "
+               f"WHERE a.search_vector @@ q {visible}"
+               "ORDER BY rank DESC, a.published_at DESC NULLS LAST, a.id DESC LIMIT %s")
+        with self.session("search"):
+            return list(Article.raw(sql, *params, limit))
+
+    def create_if_new(self, url: str, **data) -> tuple[Article, bool]:
+        """Insert the article unless one with ``url`` exists: ``(article, created)``.
+
+        Race-safe: ``INSERT ... ON CONFLICT (url) DO NOTHING`` then, if nothing
+        was inserted, a read of the existing row; concurrent callers with one
+        url get one row. Raises ``DataValidationError`` for bad data.
+        """
+        url = check.required_text("url", url, 2048)
+        row = Article.validate({**data, "url": url})
+        insert = (Article.insert(row).on_conflict(action="IGNORE", conflict_target=[Article.url])
+                  .returning(*_ARTICLE_FIELDS).objects(Article))
+        with self.session("create_if_new"):
+            for _ in range(3):  # the existing row may be deleted between the two statements
+                inserted = list(insert.clone().execute())
+                if inserted:
+                    return inserted[0], True
+                existing = Article.select(*_ARTICLE_FIELDS).where(Article.url == url).first()
+                if existing is not None:
+                    return existing, False
+        raise NotFoundError(f"article url={url!r} kept vanishing while being created")
+
+
+class SentimentBucket(NamedTuple):
+    """One bucket of a sentiment time series; ``bucket`` is its (aware UTC) start."""
+
+    bucket: dt.datetime
+    average: float  # mean score in the bucket
+    count: int  # scores in the bucket
+
+
+def _sentiment_filters(symbol, start, end, as_of) -> tuple[str, list]:
+    """WHERE clause (and its parameters) for the scores of ``symbol``'s articles in [start, end)."""
+    sql = ("FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
+           "WHERE a.symbols @> ARRAY[%s]::text[] AND s.timestamp >= %s AND s.timestamp < %s")
+    params: list[Any] = [symbol, start, end]
+    if as_of is not None:
+        sql, params = sql + " AND a.ingested_at <= %s", params + [as_of]
+    return sql, params
+
+
+class SentimentScoreRepository(BaseRepository[SentimentScore]):
+    """Sentiment scores of articles. A score's symbols are its article's ``symbols``."""
+
+    model = SentimentScore
+
+    def for_article(self, article_id: int, *, limit: int = 100, as_of=None) -> list[SentimentScore]:
+        """The first ``limit`` scores of one article, oldest first (none if it was ingested after ``as_of``)."""
+        article_id = check.positive_int("article_id", article_id, check.MAX_INT_ID)
+        limit, as_of = check.limit(limit), check.optional_timestamp("as_of", as_of)
+        query = SentimentScore.select().where(SentimentScore.article == article_id)
+        if as_of is not None:
+            query = query.join(Article).where(Article.ingested_at <= as_of)
+        with self.session("for_article"):
+            return list(query.order_by(SentimentScore.timestamp, SentimentScore.id).limit(limit))
+
+    def average_for_symbol(self, symbol: str, start, end, *, as_of=None) -> float | None:
+        """Mean score of the articles tagged ``symbol``, scored in ``[start, end)``; ``None`` if none."""
+        symbol = check.required_text("symbol", symbol, 256)
+        start, end = check.span(start, end)
+        sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
+        with self.session("average_for_symbol") as db:
+            (average,) = db.execute_sql("SELECT avg(s.score) " + sql, params).fetchone()
+        return average
+
+    def timeseries(self, symbol: str, start, end, bucket="1 hour", *, as_of=None) -> list[SentimentBucket]:
+        """Per ``bucket`` of score time in ``[start, end)``: mean score and count, oldest first."""
+        symbol = check.required_text("symbol", symbol, 256)
+        start, end = check.span(start, end)
+        width = check.bucket(bucket)
+        sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
+        sql = f"SELECT date_bin(%s, s.timestamp, %s), avg(s.score), count(*) {sql} GROUP BY 1 ORDER BY 1"
+        with self.session("timeseries") as db:
+            rows = db.execute_sql(sql, [width, BUCKET_ORIGIN, *params]).fetchall()
+        return [SentimentBucket(aware(b), average, n) for b, average, n in rows]
+
+
+class EventRepository(BaseRepository[Event]):
+    """Market events, newest first.
+
+    No GIN index on ``events.symbols``: SPEC gives GIN indexes only to
+    ``articles.symbols`` and ``backtest_results.metrics``, and events are a
+    small table (detected from a fraction of the articles). ``for_symbol`` is
+    asked for recent events: with ``since`` it walks the ``timestamp`` index
+    and filters the few rows in range; only an unbounded call reads the whole
+    (small) table. Should events grow to article scale, a GIN index on
+    ``symbols`` would serve the same ``@>`` condition unchanged.
+    """
+
+    model = Event
+
+    @staticmethod
+    def _query(as_of: dt.datetime | None, *conditions):
+        query = Event.select()
+        if as_of is not None:
+            query = query.join(Article, JOIN.LEFT_OUTER)
+            conditions += ((Article.ingested_at <= as_of) | (Event.article.is_null() & (Event.timestamp <= as_of)),)
+        return where(query, *conditions).order_by(Event.timestamp.desc(), Event.id.desc())
+
+    def recent(self, min_severity: int = 1, since=None, limit: int = 100, *, as_of=None) -> list[Event]:
+        """The ``limit`` newest events of severity >= ``min_severity`` (since ``since``)."""
+        if isinstance(min_severity, bool) or not isinstance(min_severity, int) or not 1 <= min_severity <= 5:
+            raise DataValidationError("min_severity", min_severity, "an integer from 1 to 5")
+        return self._newest("recent", Event.severity >= min_severity, since, limit, as_of)
+
+    def by_type(self, event_type: str, since=None, *, limit: int = 100, as_of=None) -> list[Event]:
+        """The ``limit`` newest events of ``event_type`` (since ``since``), newest first."""
+        event_type = check.required_text("event_type", event_type, 64)
+        return self._newest("by_type", Event.event_type == event_type, since, limit, as_of)
+
+    def for_symbol(self, symbol: str, since=None, *, limit: int = 100, as_of=None) -> list[Event]:
+        """The ``limit`` newest events whose ``symbols`` contain ``symbol`` (since ``since``)."""
+        symbol = check.required_text("symbol", symbol, 256)
+        return self._newest("for_symbol", contains(Event.symbols, symbol), since, limit, as_of)
+
+    def _newest(self, operation: str, condition, since, limit: int, as_of) -> list[Event]:
+        since, as_of = check.optional_timestamp("since", since), check.optional_timestamp("as_of", as_of)
+        query = self._query(as_of, condition, None if since is None else Event.timestamp >= since)
+        with self.session(operation):
+            return list(query.limit(check.limit(limit)))

@@ -1,0 +1,348 @@
+"""``PriceRepository``: OHLCV bars, read by index and bulk-loaded through ``COPY``."""
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import os
+import re
+import threading
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
+
+import peewee
+
+from .. import validation as check
+from ..errors import DataValidationError, DuplicateKeyError
+from ..models import Price
+from ..repository import BaseRepository
+from ..validation import UTC
+from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
+from ._csv import CsvBody, csv_header
+from ._sql import BUCKET_ORIGIN, aware
+
+MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
+_SYMBOL_RE = re.compile(check.SYMBOL_PATTERN)
+Progress = Callable[[int], None]
+
+
+class PriceBar(NamedTuple):
+    """One resampled OHLCV bar; ``bucket`` is the (aware UTC) start of its bucket."""
+
+    bucket: dt.datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    count: int  # source bars in the bucket
+
+
+_PRICE_FIELDS = Price._meta.sorted_fields
+PRICE_ROW_COLUMNS = tuple(f.column_name for f in _PRICE_FIELDS)
+"""Column order of the tuples ``get_range(..., as_tuples=True)`` returns: ``("id",) + PRICE_COLUMNS``."""
+_PRICE_NAMES = tuple(f.name for f in _PRICE_FIELDS)
+_PRICE_SELECT = ", ".join(f'"{c}"' for c in PRICE_ROW_COLUMNS)
+_TIMESTAMP_AT = PRICE_ROW_COLUMNS.index("timestamp")
+_SYMBOL_AT = PRICE_ROW_COLUMNS.index("symbol")
+
+
+def _utc_rows(rows: list[tuple]) -> list[tuple]:
+    """``rows`` (full price rows) with every timestamp aware UTC.
+
+    Sessions run with ``timezone=UTC``, so psycopg2 already returns
+    ``tzinfo is timezone.utc`` and ``rows`` comes back unchanged; only a caller
+    who ran ``SET timezone`` in its session pays for a conversion.
+    """
+    at = _TIMESTAMP_AT
+    if all(row[at].tzinfo is UTC for row in rows):
+        return rows
+    return [(*row[:at], aware(row[at]), *row[at + 1:]) for row in rows]
+
+
+def _price_models(rows: list[tuple]) -> list[Price]:
+    """``Price`` instances of full rows in ``PRICE_ROW_COLUMNS`` order.
+
+    Built directly in the state ``Model.__init__`` leaves for a fetched row
+    (``__data__`` holding the values, nothing dirty, no related objects):
+    peewee's model cursor would build a dict per row through a converter per
+    column, then set each field through its descriptor, 2-3x the cost of the
+    fetch itself. Its converters are no-ops here: psycopg2 returns ``Decimal``
+    for numeric and, via :func:`_utc_rows`, aware UTC datetimes. The instances
+    are ordinary ones: attribute access, ``save()``, equality and repr work.
+    """
+    new, names, out = Price.__new__, _PRICE_NAMES, []
+    append = out.append
+    with _no_gc():
+        for row in _utc_rows(rows):
+            obj = new(Price)
+            obj.__data__ = dict(zip(names, row))
+            obj._dirty = set()
+            obj.__rel__ = {}
+            append(obj)
+    return out
+
+
+_gc_lock = threading.Lock()
+_gc_paused = 0  # _no_gc blocks running, in any thread
+_gc_resume = False  # whether the first of them found the collector enabled
+
+
+@contextmanager
+def _no_gc():
+    """Pause the cyclic garbage collector while many long-lived objects are built.
+
+    Each instance and its ``_dirty`` set are tracked containers that all
+    survive, so the collector would run again and again over them (and over
+    everything else the process holds) without freeing anything: measured
+    here, a third of the time of building 100,000 models. Nothing built
+    here forms a cycle. The collector is process-wide: it stays paused until
+    the last block in any thread ends, then is enabled again only if it was
+    when the first began (a ``gc.disable()`` made in between is undone).
+    """
+    global _gc_paused, _gc_resume
+    with _gc_lock:
+        if _gc_paused == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_paused += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_paused -= 1
+            if _gc_paused == 0 and _gc_resume:
+                gc.enable()
+
+
+class PriceRepository(BaseRepository[Price]):
+    """OHLCV bars. Served by the unique (symbol, interval, timestamp) index."""
+
+    model = Price
+
+    def get_range(self, symbol: str, start, end, interval: str = "1m", *,
+                  as_tuples: bool = False) -> list[Price] | list[tuple]:
+        """Bars of ``symbol``/``interval`` with ``start <= timestamp < end``, oldest first.
+
+        Returns ``Price`` instances; with ``as_tuples=True``, plain tuples in
+        :data:`PRICE_ROW_COLUMNS` order (``id, symbol, timestamp, open, high,
+        low, close, volume, interval``; ``Decimal`` prices, aware UTC
+        timestamps): the fast path for large reads, at the cost of the driver's
+        own fetch. Raises ``DataValidationError`` for a bad parameter.
+        """
+        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        start, end = check.span(start, end)
+        check.flag("as_tuples", as_tuples)
+        sql = (f'SELECT {_PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s '
+               'AND "timestamp" >= %s AND "timestamp" < %s ORDER BY "timestamp"')
+        with self.session("get_range") as db:
+            rows = db.execute_sql(sql, (symbol, interval, start, end)).fetchall()
+        return _utc_rows(rows) if as_tuples else _price_models(rows)
+
+    def latest(self, symbol: str, interval: str = "1m") -> Price | None:
+        """The newest bar of ``symbol``/``interval``, or ``None``."""
+        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        query = (Price.select().where(Price.symbol == symbol, Price.interval == interval)
+                 .order_by(Price.timestamp.desc()).limit(1))
+        with self.session("latest"):
+            return query.first()
+
+    def latest_for_symbols(self, symbols: Iterable[str], interval: str = "1m") -> dict[str, Price]:
+        """``{symbol: newest bar}`` for each of ``symbols`` that has a bar, in one statement.
+
+        One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
+        sort of the whole table as ``DISTINCT ON`` would need.
+        """
+        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+            raise DataValidationError("symbols", symbols, "a list of symbols")
+        # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
+        valid = _SYMBOL_RE.fullmatch
+        wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else check.required_text(f"symbols[{i}]", s, 32)
+                                    for i, s in enumerate(symbols)))
+        if len(wanted) > MAX_SYMBOLS:
+            raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
+        interval = check.interval(interval)
+        if not wanted:
+            return {}
+        sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
+               f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices '
+               '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
+               '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+        with self.session("latest_for_symbols") as db:
+            rows = db.execute_sql(sql, (wanted, interval)).fetchall()
+        return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
+
+    def upsert_many(self, rows_or_csv_path, *, batch_size: int = 1000, interval: str = "1m",
+                    progress: Progress | None = None) -> int:
+        """Insert bars, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
+
+        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, or the
+        path of a CSV file read by the same reader with the same verdicts --
+        and ``interval`` and ``progress`` mean the same. The input is streamed
+        with ``COPY`` (rows ``batch_size`` per chunk) into a temporary staging
+        table that holds the rules of ``prices``, so a bad row or line is
+        refused as ``copy_from`` refuses it; then one ``INSERT ... SELECT ...
+        ON CONFLICT DO UPDATE`` applies them all. A regular file is first
+        tried as new bars, straight into ``prices`` at ``copy_from``'s speed;
+        the first bar already stored (or repeated) undoes that attempt and the
+        file is read again through the staging table (so a file whose first
+        stored bar comes late costs up to twice, and leaves the attempt's rows
+        for autovacuum). All or nothing. A key repeated in the input: the last
+        one wins. Returns the number of input rows written. Raises
+        ``DataValidationError`` (with ``field``, ``value`` and ``row``, or
+        ``source`` and ``line``). Needs the ``TEMPORARY`` privilege on the
+        database, which PostgreSQL grants to PUBLIC (``sql/roles.sql``).
+        """
+        batch_size = check.limit(batch_size, "batch_size")
+        with self._source(rows_or_csv_path, interval, progress, batch_size) as source:
+            if source is None:
+                return 0
+            with self.session("upsert_many") as db:
+                if isinstance(source, CsvBody):
+                    count, source = self._copy_new(db, source)
+                    if source is None:
+                        return count
+                # work_mem: the DISTINCT ON sort of the staged rows stays in memory (restored after).
+                work_mem = db.execute_sql(STAGE_CREATE).fetchone()[0]
+                count = source.copy_into(db, STAGE)
+                db.execute_sql(STAGE_MERGE, (work_mem,))
+        return count
+
+    @staticmethod
+    def _copy_new(db, body: CsvBody) -> tuple[int, CsvBody | None]:
+        """Try a file as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
+
+        ``INSERT ... ON CONFLICT`` costs twice a plain insert and ``COPY``
+        batches its writes, so a file of new bars loads at ``copy_from``'s
+        speed. The first bar already stored (or repeated) undoes the attempt
+        (a savepoint) and the file is read again through the staging table.
+        A file that cannot be read twice (a FIFO) goes to the staging table.
+        """
+        if not body.rereadable:
+            return 0, body
+        db.execute_sql("SAVEPOINT marketstore_upsert_new")
+        try:
+            count = body.copy_into(db, "prices")
+        except DuplicateKeyError:  # any other error ends the whole call: the session rolls back
+            db.execute_sql("ROLLBACK TO SAVEPOINT marketstore_upsert_new; RELEASE SAVEPOINT marketstore_upsert_new")
+            return 0, body.rewound()
+        db.execute_sql("RELEASE SAVEPOINT marketstore_upsert_new")
+        return count, None
+
+    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None) -> int:
+        """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
+
+        ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
+        :data:`PRICE_COLUMNS` order; not a query: read it first), validated
+        in Python as they are read, or the path of a UTF-8 CSV file (a FIFO
+        such as ``/dev/stdin`` works too). Either way the data is streamed, so
+        a file of any size is never held in memory. Insert-only: a bar that
+        already exists, or comes twice, is a :class:`DuplicateKeyError` naming
+        its ``row``, or ``source`` and ``line`` (use :meth:`upsert_many` to
+        update). All or nothing: a bad row aborts the whole load with a
+        ``DataValidationError`` whose ``field`` and ``value`` name the bad
+        value and whose ``row``, or ``source`` and ``line`` (the header being
+        line 1), say where it is; ``field`` is ``'row'`` for a row or line of
+        the wrong shape and ``'header'`` for a header that cannot be read. A
+        file that cannot be read is a ``DataValidationError`` with
+        ``field='path'``.
+
+        A CSV file's header names the columns (any order, ``interval``
+        optional); its body goes to the server untouched, which parses it and
+        holds every row to the table's constraints -- the same rules as
+        validation. Timestamps are ISO 8601 only (naive ones are UTC), numbers
+        keep at most 8 decimals (more are rounded). An empty line is skipped;
+        an empty ``interval`` cell takes ``interval``, as a file without the
+        column does; a line of separators only is refused (its cells are empty).
+
+        ``interval`` is the interval of rows (or a file) that give none;
+        ``progress``, if given, is called with the number of bytes of the
+        file read since its last call (for a progress bar).
+        """
+        with self._source(rows_or_csv_path, interval, progress) as source:
+            if source is None:
+                return 0
+            with self.session("copy_from") as db:
+                return source.copy_into(db, "prices")
+
+    @staticmethod
+    @contextmanager
+    def _source(rows_or_csv_path, interval: str, progress: Progress | None,
+                rows_per_read: int = 2000) -> Iterator[RowStream | CsvBody | None]:
+        """``rows_or_csv_path`` as a COPY source (``None``: an empty file, no rows).
+
+        A ``str`` or path-like is a CSV file, opened (and its header read) here,
+        before any transaction: a missing file starts none.
+        """
+        interval = check.interval(interval)
+        if progress is not None and not callable(progress):
+            raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
+        if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
+            # Iterating a query runs it: before the session there is no connection, and
+            # inside it the connection is busy with the COPY.
+            raise DataValidationError("rows_or_csv_path", rows_or_csv_path,
+                                      "rows, not a query: read it first (list(query)), or use bulk_create")
+        if not isinstance(rows_or_csv_path, (str, os.PathLike)):
+            if not isinstance(rows_or_csv_path, Iterable) or isinstance(rows_or_csv_path, (bytes, Mapping)):
+                raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
+            yield RowStream(rows_or_csv_path, interval, rows_per_read)
+            return
+        path = os.fspath(rows_or_csv_path)
+        path = check.text("rows_or_csv_path", os.fsdecode(path) if isinstance(path, bytes) else path, 4096)
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise check.unreadable(path, exc) from exc
+        with handle:
+            try:
+                found = csv_header(handle, path)
+            except OSError as exc:
+                raise check.unreadable(path, exc) from exc
+            if found is not None and progress is not None:
+                progress(found[1])
+            yield None if found is None else CsvBody(handle, path, found[0], interval, progress)
+
+    def resample(self, symbol: str, start, end, bucket="1 hour", *, interval: str = "1m") -> list[PriceBar]:
+        """OHLCV bars of width ``bucket`` built in SQL from the ``interval`` bars in ``[start, end)``.
+
+        Per bucket: first open, max high, min low, last close, summed volume
+        and the number of source bars; oldest first, empty buckets omitted.
+        """
+        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        start, end = check.span(start, end)
+        width = check.bucket(bucket)
+        sql = ('SELECT date_bin(%s, "timestamp", %s) AS bucket, '
+               '(array_agg(open ORDER BY "timestamp"))[1], max(high), min(low), '
+               '(array_agg(close ORDER BY "timestamp" DESC))[1], sum(volume), count(*) '
+               'FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s '
+               'GROUP BY 1 ORDER BY 1')
+        with self.session("resample") as db:
+            rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
+        return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
+
+    def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:
+        """The first ``limit`` symbols that have bars, sorted; after ``after`` (the last of a page) when given.
+
+        A loose index scan (one probe of the unique index per distinct
+        symbol), instead of reading every row as ``SELECT DISTINCT`` would.
+        """
+        limit = check.limit(limit)
+        after = None if after is None else check.required_text("after", after, 32)
+        sql = ("WITH RECURSIVE s(symbol, n) AS ("
+               "  (SELECT symbol, 1 FROM prices WHERE %s::text IS NULL OR symbol > %s ORDER BY symbol LIMIT 1)"
+               "  UNION ALL"
+               "  SELECT (SELECT p.symbol FROM prices p WHERE p.symbol > s.symbol ORDER BY p.symbol LIMIT 1), n + 1"
+               "  FROM s WHERE s.symbol IS NOT NULL AND n < %s"
+               ") SELECT symbol FROM s WHERE symbol IS NOT NULL")
+        with self.session("symbols") as db:
+            return [symbol for (symbol,) in db.execute_sql(sql, (after, after, limit)).fetchall()]
+
+    def delete_before(self, ts) -> int:
+        """Delete every bar (all symbols and intervals) with ``timestamp < ts``; returns the count.
+
+        Retention is a sweep over the whole table, so this is a sequential scan
+        by design: SPEC gives prices no timestamp index (it would slow ingest).
+        """
+        ts = check.timestamp("ts", ts)
+        with self.session("delete_before"):
+            return Price.delete().where(Price.timestamp < ts).execute()

@@ -1,0 +1,294 @@
+"""The checks every boundary shares: models validate field values with them, and
+repositories validate query parameters with them.
+
+Each function returns the value (normalised where said) or raises
+:class:`DataValidationError` naming the field or parameter, the value and what
+was expected.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+
+from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField, TextField
+from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
+
+from .errors import DataValidationError
+
+UTC = dt.timezone.utc
+SYMBOL_PATTERN = r"[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]{0,31}"
+INTERVAL_PATTERN = r"[1-9][0-9]{0,3}(s|m|h|d|w|mo)"
+MAX_PAGE = 10_000  # rows of one list call
+MAX_ID = 2**63 - 1  # bigint: no row id is larger
+MAX_INT_ID = 2**31 - 1  # the ids of integer-keyed tables (articles, trading_signals)
+
+MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
+MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
+MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
+
+_INTERVAL_RE = re.compile(INTERVAL_PATTERN)
+
+
+def _fail(name: str, value, expected: str):
+    raise DataValidationError(name, value, expected)
+
+
+def text(name: str, value, max_length: int | None = None) -> str:
+    """A string without NUL or lone surrogates, of at most ``max_length`` characters."""
+    if not isinstance(value, str):
+        raise DataValidationError(name, value, "a string")
+    if "\x00" in value:
+        raise DataValidationError(name, value, "text without NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataValidationError(name, value, "valid unicode (no lone surrogates)") from None
+    if max_length is not None and len(value) > max_length:
+        raise DataValidationError(name, value, f"at most {max_length} characters (got {len(value)})")
+    return value
+
+
+def required_text(name: str, value, max_length: int) -> str:
+    """A non-empty :func:`text`: a query parameter such as a symbol or a search.
+
+    Content is not restricted further: it is only ever sent as a bound
+    parameter, so quotes or semicolons are data (and simply match nothing).
+    """
+    if not isinstance(value, str) or not value:
+        raise DataValidationError(name, value, "a non-empty string")
+    return text(name, value, max_length)
+
+
+def timestamp(name: str, value) -> dt.datetime:
+    """An aware UTC datetime from a datetime (naive = UTC) or an ISO-8601 string."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise DataValidationError(name, value, "an ISO-8601 timestamp") from None
+    if not isinstance(value, dt.datetime):
+        raise DataValidationError(name, value, "a datetime")
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):  # datetime.max at UTC-5 is past the year 9999 in UTC
+        raise DataValidationError(name, value, "a datetime within the years 1-9999 in UTC") from None
+
+
+def optional_timestamp(name: str, value) -> dt.datetime | None:
+    """``None``, or :func:`timestamp` of ``value``: ``since`` and ``as_of`` parameters."""
+    return None if value is None else timestamp(name, value)
+
+
+def span(start, end) -> tuple[dt.datetime, dt.datetime]:
+    """``(start, end)`` as aware UTC datetimes, ``end`` not before ``start``."""
+    start, end = timestamp("start", start), timestamp("end", end)
+    if end < start:
+        raise DataValidationError("end", end, f"a time at or after start ({start.isoformat()})")
+    return start, end
+
+
+def positive_int(name: str, value, maximum: int = MAX_ID) -> int:
+    """``value`` when it is an int in ``[1, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise DataValidationError(name, value, f"a positive integer <= {maximum}")
+    return value
+
+
+def limit(value, name: str = "limit") -> int:
+    """A page size: :func:`positive_int` up to :data:`MAX_PAGE`."""
+    return positive_int(name, value, MAX_PAGE)
+
+
+def flag(name: str, value) -> bool:
+    """``True`` or ``False``, nothing merely truthy."""
+    if not isinstance(value, bool):
+        raise DataValidationError(name, value, "True or False")
+    return value
+
+
+def choice(name: str, value, choices) -> str:
+    """One of ``choices``."""
+    if value not in choices:
+        raise DataValidationError(name, value, f"one of {', '.join(choices)}")
+    return value
+
+
+def interval(value, name: str = "interval") -> str:
+    """A bar interval such as ``1m``, ``5m``, ``1h``, ``1d``, ``1w``, ``1mo``."""
+    if not isinstance(value, str) or not _INTERVAL_RE.fullmatch(value):
+        raise DataValidationError(name, value, "a bar interval such as 1m, 5m, 1h, 1d, 1w, 1mo")
+    return value
+
+
+_BUCKET_UNITS = {
+    unit: seconds
+    for names, seconds in (
+        (("s", "sec", "secs", "second", "seconds"), 1),
+        (("m", "min", "mins", "minute", "minutes"), 60),
+        (("h", "hr", "hrs", "hour", "hours"), 3600),
+        (("d", "day", "days"), 86400),
+        (("w", "week", "weeks"), 604800),
+    )
+    for unit in names
+}
+_BUCKET_PATTERN = re.compile(r"\s*(\d{1,6})?\s*([a-z]+)\s*", re.IGNORECASE)
+
+
+def bucket(value) -> dt.timedelta:
+    """A bucket width: a positive ``timedelta`` or text like ``'1 hour'``, ``'15m'``, ``'1d'``.
+
+    Months and years are refused: they have no fixed width (``date_bin`` cannot bin by them).
+    """
+    expected = "a positive timedelta or text such as '1 hour', '15 minutes', '15m', '1d', '1 week'"
+    if isinstance(value, dt.timedelta):
+        if value <= dt.timedelta(0):
+            raise DataValidationError("bucket", value, expected)
+        return value
+    match = _BUCKET_PATTERN.fullmatch(value) if isinstance(value, str) else None
+    unit = _BUCKET_UNITS.get(match.group(2).lower()) if match else None
+    count = int(match.group(1) or 1) if match else 0
+    if unit is None or count < 1:
+        raise DataValidationError("bucket", value, expected)
+    return dt.timedelta(seconds=count * unit)
+
+
+def unreadable(path: str, exc: OSError) -> DataValidationError:
+    """The error for an input file that cannot be opened or read (``field='path'``)."""
+    return DataValidationError("path", path, f"a readable file ({exc.strerror or exc})", source=path)
+
+
+def sendable(name: str, value):
+    """A filter value the driver can send (else it would raise a raw ValueError)."""
+    if isinstance(value, str):
+        text(name, value)  # NUL and lone surrogates: the models' own rules
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**1000:
+        raise DataValidationError(name, value, "an integer of at most 1000 digits")
+    return value
+
+
+# -- model field values (BaseModel.validate) ------------------------------------
+# By column type: an AutoField is INTEGER, a BigAutoField BIGINT (it is no BigIntegerField).
+_INT_BOUNDS = {"SMALLINT": 2**15, "BIGINT": 2**63, "BIGAUTO": 2**63}
+_DECIMAL_CONTEXT = decimal.Context(prec=100)  # quantize() to 8 places never loses digits below the limits
+
+
+def _int_bound(field: Field) -> int:
+    """The values of ``field``'s integer column lie in ``[-bound, bound)``."""
+    return _INT_BOUNDS.get(field.field_type, 2**31)
+
+
+def _number(name: str, value, field: Field):
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+        _fail(name, value, "a number")
+    if isinstance(field, DecimalField):
+        try:
+            if isinstance(value, float):
+                number = decimal.Decimal(repr(value))
+            elif isinstance(value, str):
+                number = decimal.Decimal(value.strip())
+            else:  # int or Decimal: exact, and without str() (which refuses ints over 4300 digits)
+                number = decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            _fail(name, value, "a decimal number")
+        if not number.is_finite():
+            _fail(name, value, "a finite number")
+        limit = decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
+        if abs(number) < limit and number.as_tuple().exponent < -field.decimal_places:
+            # More decimals than the column keeps: round as PostgreSQL would (half away
+            # from zero), so that the range rules see the stored value and no digit the
+            # server refuses (more than 16383 after the point: 1E-20000) is ever sent.
+            number = number.quantize(decimal.Decimal(1).scaleb(-field.decimal_places),
+                                     rounding=decimal.ROUND_HALF_UP, context=_DECIMAL_CONTEXT)
+        if abs(number) >= limit:
+            _fail(name, value, f"a number below {limit:.0e}")
+        return number
+    if isinstance(field, DoubleField):
+        try:
+            number = float(value)
+        except ValueError:
+            _fail(name, value, "a number")
+        except OverflowError:  # an int beyond 1.8e308
+            _fail(name, value, "a finite number")
+        if not math.isfinite(number):
+            _fail(name, value, "a finite number")
+        return number
+    if not isinstance(value, int):
+        _fail(name, value, "an integer")
+    bound = _int_bound(field)
+    if not -bound <= value < bound:
+        _fail(name, value, f"an integer in [{-bound}, {bound})")
+    return value
+
+
+def _json_depth(value, limit: int) -> int:
+    """Nesting depth of a JSON document, iteratively, counting no further than ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                break
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _json_document(name: str, value):
+    try:
+        # ensure_ascii=False keeps a lone surrogate a surrogate, for encode() below.
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        _fail(name, value, f"a JSON-serialisable document ({type(exc).__name__}: {exc})")
+    # jsonb cannot store NUL in strings (json.dumps always escapes control characters).
+    if "\\u0000" in text:
+        _fail(name, value, "JSON without NUL characters")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # any lone surrogate, high or low, in a key or a value
+        _fail(name, value, "JSON with valid unicode (no lone surrogates)")
+    if size > MAX_JSON_BYTES:
+        _fail(name, f"<{size} bytes>", f"a document of at most {MAX_JSON_BYTES} bytes")
+    # The driver serialises the document again deeper in the stack, and the server
+    # parses it recursively: a fixed bound, far below either limit.
+    if _json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        _fail(name, f"<nested over {MAX_JSON_DEPTH} deep>", f"a document nested at most {MAX_JSON_DEPTH} deep")
+    return value
+
+
+def field_value(name: str, field: Field, value):
+    """``value`` type-checked and normalised for the model field ``field`` (by its type and rules)."""
+    rules = getattr(field, "rules", {})
+    if isinstance(field, ForeignKeyField):
+        value = getattr(value, "id", value)
+        bound = _int_bound(field.rel_field)  # the referencing column has the referenced key's type
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < bound:
+            _fail(name, value, f"the id (a positive integer below {bound}) of an existing row")
+        return value
+    if isinstance(field, ArrayField):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            _fail(name, value, "a list of strings")
+        return [text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
+    if isinstance(field, BinaryJSONField):
+        return _json_document(name, value)
+    if isinstance(field, DateTimeTZField):
+        return timestamp(name, value)
+    if isinstance(field, (CharField, TextField)):
+        value = text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
+        if rules.get("choices") and value not in rules["choices"]:
+            _fail(name, value, f"one of {', '.join(rules['choices'])}")
+        if rules.get("pattern") and not rules["pattern"].fullmatch(value):
+            _fail(name, value, f"text matching {rules['pattern'].pattern}")
+        return value
+    value = _number(name, value, field)
+    if rules.get("gt") is not None and not value > rules["gt"]:
+        _fail(name, value, f"a number > {rules['gt']}")
+    if rules.get("ge") is not None and not value >= rules["ge"]:
+        _fail(name, value, f"a number >= {rules['ge']}")
+    if rules.get("le") is not None and not value <= rules["le"]:
+        _fail(name, value, f"a number <= {rules['le']}")
+    return value

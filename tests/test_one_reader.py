@@ -1,0 +1,224 @@
+"""One reader of price files: ``copy_from(path)`` and ``upsert_many(path)`` give a file the same verdict,
+and errors carry where and what as attributes (``source``, ``line``, ``row``, ``field``, ``value``)."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from decimal import Decimal
+
+import pytest
+from cli_helpers import fails
+
+from marketstore import DataValidationError, DuplicateKeyError, PriceRepository
+from marketstore.repositories import ArticleRepository
+
+from helpers import count_rows
+
+HEADER = "symbol,timestamp,open,high,low,close,volume"
+HEADER8 = HEADER + ",interval"
+UTC = dt.timezone.utc
+T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
+METHODS = ["copy_from", "upsert_many"]
+
+
+def stored(raw) -> list[tuple]:
+    with raw.cursor() as cur:
+        cur.execute('SELECT symbol, "interval", "timestamp", close FROM prices ORDER BY 1, 2, 3')
+        return cur.fetchall()
+
+
+@pytest.fixture
+def prices(db):
+    return PriceRepository()
+
+
+# (name, file text, interval=, the rows stored) for files both readers load
+LOADED = [
+    ("empty interval cell takes the default", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,\nBBB,2024-01-02,1,2,1,2,3,1h\n",
+     "1m", [("AAA", "1m"), ("BBB", "1h")]),
+    ("empty interval cell takes interval=", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3, \nBBB,2024-01-02,1,2,1,2,3,1h\n",
+     "1d", [("AAA", "1d"), ("BBB", "1h")]),
+    ("a missing interval column takes interval=", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n", "1d", [("AAA", "1d")]),
+    ("an empty interval cell in a quoted line", f'{HEADER8}\n"AAA","2024-01-02","1,0",2,1,2,3,\n', "1m", None),
+    ("empty lines are skipped", f"{HEADER}\n\nAAA,2024-01-02,1,2,1,2,3\n\r\n\nBBB,2024-01-02,1,2,1,2,3\n\n",
+     "1m", [("AAA", "1m"), ("BBB", "1m")]),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name, text, interval, expected", LOADED, ids=[c[0] for c in LOADED])
+def test_files_both_readers_load_alike(prices, raw, tmp_path, method, name, text, interval, expected):
+    path = tmp_path / "in.csv"
+    path.write_text(text, encoding="utf-8")
+    if expected is None:  # "1,0" is not a number: refused alike, after the interval was filled in
+        with pytest.raises(DataValidationError) as info:
+            getattr(prices, method)(path, interval=interval)
+        assert (info.value.source, info.value.line, info.value.field, info.value.value) == (str(path), 2, "open",
+                                                                                             "1,0")
+        return
+    assert getattr(prices, method)(path, interval=interval) == len(expected)
+    assert [(s, i) for s, i, *_ in stored(raw)] == expected
+
+
+# (name, file text, line, field, value) for files both readers refuse
+REFUSED = [
+    ("a line of separators only", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n,,,,,,\n", 3, "symbol", ""),
+    ("separators only, interval column too", f"{HEADER8}\n,,,,,,,\n", 2, "symbol", ""),
+    ("a line of spaces is not empty", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n   \n", 3, "row", "   "),
+    ("non-ISO timestamp", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,01/03/2024,1,2,1,2,3\n", 3, "timestamp",
+     "01/03/2024"),
+    ("bad value", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n\nAAA,2024-01-03,1,2,1,2,lots\n", 4, "volume", "lots"),
+    ("broken rule", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,\nAAA,2024-01-03,1,2,3,2,3,\n", 3, "high", "2"),
+    ("a column twice", f"{HEADER},close\nAAA,2024-01-02,1,2,1,2,3,2\n", 1, "close", "close"),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name, text, line, field, value", REFUSED, ids=[c[0] for c in REFUSED])
+def test_files_both_readers_refuse_alike(prices, raw, tmp_path, method, name, text, line, field, value):
+    path = tmp_path / "in.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(path)
+    error = info.value
+    assert (error.source, error.line, error.row, error.field, error.value) == (str(path), line, None, field, value)
+    assert count_rows(raw, "prices") == 0
+
+
+def test_a_duplicate_bar_is_refused_by_copy_from_and_the_last_wins_in_upsert(prices, raw, tmp_path):
+    """The one difference between the two is what they are for: insert-only, or insert-or-update."""
+    path = tmp_path / "twice.csv"
+    path.write_text(f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n\nAAA,2024-01-02,1,2,1,1.5,3\n", encoding="utf-8")
+    with pytest.raises(DuplicateKeyError) as info:
+        prices.copy_from(path)
+    assert (info.value.source, info.value.line, info.value.row) == (str(path), 4, None)
+    assert info.value.key == {"symbol": "AAA", "interval": "1m", "timestamp": "2024-01-02 00:00:00+00"}
+    assert count_rows(raw, "prices") == 0
+    assert prices.upsert_many(path) == 2
+    assert stored(raw) == [("AAA", "1m", T0, Decimal("1.5"))]
+
+
+def test_upsert_of_a_file_with_stored_bars_updates_them_and_reports_progress_once(prices, raw, tmp_path):
+    path = tmp_path / "bars.csv"
+    lines = [f"AAA,{(T0 + dt.timedelta(minutes=m)).isoformat()},1,2,1,{1 + m / 10_000},3" for m in range(3_000)]
+    path.write_text("\n".join([HEADER] + lines) + "\n", encoding="utf-8")
+    assert prices.upsert_many(path) == 3_000  # all new: COPY straight into prices
+    lines[2_999] = lines[2_999].replace(",3", ",4", 1)
+    lines.append(f"BBB,{T0.isoformat()},1,2,1,2,3")
+    path.write_text("\n".join([HEADER] + lines) + "\n", encoding="utf-8")
+    read = []
+    assert prices.upsert_many(path, progress=read.append) == 3_001  # stored bars: read again, merged
+    assert sum(read) == path.stat().st_size  # each byte reported once, though the file was read twice
+    assert count_rows(raw, "prices") == 3_001
+    with raw.cursor() as cur:
+        cur.execute("SELECT volume FROM prices WHERE symbol = 'AAA' ORDER BY timestamp DESC LIMIT 1")
+        assert cur.fetchone() == (Decimal(4),)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_upsert_of_a_fifo_goes_through_the_staging_table(prices, raw, tmp_path):
+    prices.copy_from([{"symbol": "AAA", "timestamp": T0, "open": 1, "high": 2, "low": 1, "close": 2, "volume": 3}])
+    path = tmp_path / "in.fifo"
+    os.mkfifo(path)
+
+    def writer():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(f"{HEADER}\nAAA,2024-01-02,1,2,1,1.5,3\nBBB,2024-01-02,1,2,1,2,3\n")
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        assert prices.upsert_many(path) == 2
+    finally:
+        thread.join(10)
+    assert stored(raw) == [("AAA", "1m", T0, Decimal("1.5")), ("BBB", "1m", T0, Decimal(2))]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_file_that_cannot_be_read_is_a_validation_error_naming_it(prices, tmp_path, method):
+    path = tmp_path / "missing.csv"
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(path)
+    assert (info.value.field, info.value.source, info.value.line) == ("path", str(path), None)
+
+
+# -- rows: the 1-based position as ``row`` -------------------------------------------
+
+def _bar(minute: int, **changes) -> dict:
+    row = {"symbol": "AAA", "timestamp": T0 + dt.timedelta(minutes=minute), "open": Decimal(1),
+           "high": Decimal(2), "low": Decimal(1), "close": Decimal(2), "volume": Decimal(3)}
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("method", ["copy_from", "upsert_many", "bulk_create"])
+def test_rows_given_as_lists_name_their_row(prices, raw, method):
+    rows = [list(_bar(m).values()) for m in range(5)]
+    rows[3][5] = "x"  # close
+    if method == "bulk_create":  # bulk_create takes mappings
+        rows = [dict(zip(_bar(0), r)) for r in rows]
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(rows)
+    assert (info.value.row, info.value.field, info.value.value) == (4, "close", "x")
+    assert (info.value.source, info.value.line) == (None, None)
+    assert str(info.value).startswith("row 4: close='x'")
+    assert count_rows(raw, "prices") == 0
+
+
+def test_a_row_of_the_wrong_shape_names_its_row(prices):
+    with pytest.raises(DataValidationError) as info:
+        prices.copy_from([_bar(0), ["AAA", T0]])
+    assert (info.value.row, info.value.field) == (2, "row")
+
+
+def test_a_duplicate_row_names_its_row(prices, raw):
+    with pytest.raises(DuplicateKeyError) as info:
+        prices.copy_from([_bar(0), _bar(1), _bar(0)])
+    assert (info.value.row, info.value.source, info.value.line) == (3, None, None)
+    assert info.value.key["symbol"] == "AAA"
+    assert count_rows(raw, "prices") == 0
+
+
+def test_bulk_create_names_the_row_and_the_bare_field(db):
+    with pytest.raises(DataValidationError) as info:
+        ArticleRepository().bulk_create([{"title": "a"}, {"title": "b", "symbols": "AAPL"}])
+    assert (info.value.row, info.value.field) == (2, "symbols")
+
+
+# -- the command line builds its line from the attributes ------------------------------
+
+@pytest.mark.parametrize("text", [
+    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n,,,,,,\n",
+    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,lots\n",
+    f"{HEADER}\nAAA,2024-01-02T25:00,1,2,1,2,3\n",
+    f"{HEADER},vwap\n",
+])
+@pytest.mark.parametrize("upsert", [False, True])
+def test_the_cli_line_for_a_bad_file_is_built_from_the_error(prices, raw, tmp_path, database_url, text, upsert):
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        (prices.upsert_many if upsert else prices.copy_from)(path)
+    error = info.value
+    line = fails("ingest", "prices", path, *(["--upsert"] if upsert else []), "--database", database_url)
+    assert line == (f"Error: {error.source}: line {error.line}, field '{error.field}': got {error.value!r}, "
+                    f"expected {error.expected}")
+    assert count_rows(raw, "prices") == 0
+
+
+def test_the_cli_line_for_a_duplicate_bar_names_the_line_and_the_key(prices, tmp_path, database_url):
+    path = tmp_path / "twice.csv"
+    path.write_text(f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,2024-01-02,1,2,1,2,3\n", encoding="utf-8")
+    line = fails("ingest", "prices", path, "--database", database_url)
+    assert line.startswith(f"Error: {path}: line 3: the bar (AAA, 1m, 2024-01-02 00:00:00+00) is already stored")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_query_is_refused_up_front_by_either(prices, raw, method):
+    from marketstore import Price
+
+    prices.copy_from([_bar(0)])
+    with pytest.raises(DataValidationError) as info:
+        getattr(prices, method)(Price.select())  # iterated inside the COPY, it would need the busy connection
+    assert info.value.field == "rows_or_csv_path"
+    assert count_rows(raw, "prices") == 1
