@@ -5,12 +5,14 @@ from . import errors
 from .config import Settings, load_settings
 from .connection import (
     DatabaseConnection,
+    Session,
     close_database,
     db_connection,
     get_db_session,
     initialize_database,
     retry_transaction,
 )
+from .database import PooledPostgresqlExtDatabase
 from .errors import (
     ConfigurationError,
     DatabaseConnectionError,
@@ -53,7 +55,7 @@ from .migrations import DatabaseMigration, run_migrations
 __all__ = [
     # connection layer and configuration
     "DatabaseConnection", "db_connection", "get_db_session", "initialize_database", "close_database",
-    "retry_transaction", "Settings", "load_settings",
+    "retry_transaction", "Settings", "load_settings", "Session", "PooledPostgresqlExtDatabase",
     # errors (the module, and its classes)
     "errors", "MarketstoreError", "ConfigurationError", "DatabaseConnectionError", "PoolExhaustedError",
     "TransactionError", "IntegrityViolation", "DuplicateKeyError", "SerializationFailure", "QueryError",

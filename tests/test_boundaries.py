@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2
@@ -133,9 +134,9 @@ def test_recycle_age_counts_from_creation_not_last_use(pool):
     assert all(pid != first for at, pid in seen if at > recycle + 0.5), seen
 
 
-def test_exhausted_pool_raises_within_a_tight_bound_of_pool_timeout(pool):
-    timeout = 0.5
-    conn = pool(pool_size=1, max_overflow=0, pool_timeout=timeout)
+@contextmanager
+def one_session_held(conn):
+    """Another thread holds a session (and its connection) of ``conn`` while the block runs."""
     holding, release = threading.Event(), threading.Event()
 
     def hold():
@@ -148,15 +149,22 @@ def test_exhausted_pool_raises_within_a_tight_bound_of_pool_timeout(pool):
     holder.start()
     try:
         assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_exhausted_pool_raises_within_a_tight_bound_of_pool_timeout(pool):
+    timeout = 0.5
+    conn = pool(pool_size=1, max_overflow=0, pool_timeout=timeout)
+    with one_session_held(conn):
         assert conn.pool_status()["in_use"] == 1
         started = time.monotonic()
         with pytest.raises(PoolExhaustedError):
             with conn.session() as db:
                 db.execute_sql("SELECT 1")
         elapsed = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(30)
     assert timeout <= elapsed <= timeout + 0.25, elapsed
     assert backend_pid(conn)  # the slot came back
 
@@ -237,24 +245,10 @@ def test_a_role_at_its_connection_limit_is_a_connection_error(database_url, raw)
         url = urlunsplit(parts._replace(netloc=f"{role}:{quote(password, safe='')}@{host}"))
         conn = DatabaseConnection().initialize(url, pool_timeout=1)
         try:
-            holding, release = threading.Event(), threading.Event()
-
-            def hold():
-                with conn.session() as db:
-                    db.execute_sql("SELECT 1")
-                    holding.set()
-                    release.wait(30)
-
-            holder = threading.Thread(target=hold, daemon=True)
-            holder.start()
-            try:
-                assert holding.wait(10)
+            with one_session_held(conn):
                 with pytest.raises(DatabaseConnectionError, match="too many connections"):
                     with conn.session() as db:
                         db.execute_sql("SELECT 1")
-            finally:
-                release.set()
-                holder.join(30)
         finally:
             conn.close()
     finally:
