@@ -38,7 +38,6 @@ CONNECT_TIMEOUT = "10"  # seconds, per host address tried
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}
 
 
-
 def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     """The pooled database of ``settings``: SPEC's limits, UTC sessions, bounded waits."""
     params = dict(settings.connect_params)
