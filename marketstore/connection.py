@@ -25,6 +25,7 @@ from .errors import (
     DataValidationError,
     MarketstoreError,
     SerializationFailure,
+    TransactionError,
     driver_error,
     is_connection_lost,
     translate,
@@ -159,8 +160,13 @@ class DatabaseConnection:
 
     def initialize(self, url: str | None = None, **options) -> "DatabaseConnection":
         """Configure from ``url``/``options`` over the environment (see :mod:`marketstore.config`);
-        returns ``self``. A previous configuration's connections are closed."""
+        returns ``self``. A previous configuration's connections are closed.
+
+        Raises ``ConfigurationError`` for a bad setting, and ``TransactionError``
+        (changing nothing) inside a transaction of this connection in this thread.
+        """
         settings = load_settings(url, **options)
+        self._refuse_inside_transaction("initialize")
         with self._lock:
             old, self._db = self._db, _database(settings)
             self.settings = settings
@@ -216,13 +222,26 @@ class DatabaseConnection:
         return self._db.status()
 
     def close(self) -> None:
-        """Close every pooled connection; the next session needs ``initialize()`` again."""
+        """Close every pooled connection; the next session needs ``initialize()`` again.
+
+        Raises ``TransactionError`` (closing nothing) inside a transaction of
+        this connection in this thread: its work would be lost.
+        """
+        self._refuse_inside_transaction("close")
         with self._lock:
             db, self._db = self._db, None
             if self is db_connection and db is not None:
                 database_proxy.initialize(None)
         if db is not None:
             db.close_all()
+
+
+    def _refuse_inside_transaction(self, operation: str) -> None:
+        # Checked before anything changes: the pool would refuse to close this
+        # thread's connection only after the database was already swapped out.
+        if self.in_transaction():
+            raise TransactionError(f"{operation}: this thread has a transaction open on this connection; "
+                                   "end it (leave the session) first")
 
 
 db_connection = DatabaseConnection()

@@ -273,3 +273,19 @@ def test_a_peewee_style_pool_pings_every_checkout(database_url, raw):
             database.close()
     finally:
         database.close_all()
+
+
+@pytest.mark.parametrize("call", ["close", "initialize"])
+def test_closing_the_connection_inside_its_own_session_is_refused_and_changes_nothing(pooled, raw, database_url,
+                                                                                      call):
+    from marketstore import TransactionError
+
+    with get_db_session() as session:
+        Price.insert(bar()).execute()
+        with pytest.raises(TransactionError):
+            pooled.close() if call == "close" else pooled.initialize(database_url)
+        assert pooled.database is session  # still configured, same database
+        Price.insert(bar(minute=1)).execute()
+    with raw.cursor() as cur:
+        cur.execute("SELECT count(*) FROM prices")
+        assert cur.fetchone() == (2,)  # the session's work was kept
