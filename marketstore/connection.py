@@ -93,10 +93,7 @@ class Session:
                 atomic.__enter__()
         except BaseException as exc:
             database_proxy.pop()
-            error = self._translated(exc)
-            if error is None:
-                raise
-            raise error from exc
+            self._reraise(exc)
         return db
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -109,10 +106,7 @@ class Session:
             else:
                 db.close_transaction(commit=False, broken=is_connection_lost(exc))
         except BaseException as failure:  # COMMIT failed: the server rolled back
-            error = self._translated(failure)
-            if error is None:
-                raise
-            raise error from failure
+            self._reraise(failure)
         finally:
             database_proxy.pop()
         if exc is not None:
@@ -120,6 +114,13 @@ class Session:
             if error is not None:
                 raise error from exc
         return False
+
+    def _reraise(self, exc: BaseException):
+        """Raise ``exc``, or its translation (the original chained) when it is a driver error."""
+        error = self._translated(exc)
+        if error is None:
+            raise exc
+        raise error from exc
 
     def _translated(self, exc: BaseException) -> MarketstoreError | None:
         """What to raise instead of ``exc`` (a driver error, translated and logged), or ``None``."""
