@@ -272,10 +272,13 @@ class Bench:
             return sorted((k, v.timestamp, v.close) for k, v in result.items())
         return [tuple(row[1:]) if len(row) == len(PRICE_ROW_COLUMNS) else tuple(row) for row in result]
 
-    def measure_reads(self) -> None:
+    def measure_reads(self, only=None, label: str = "reads") -> None:
+        """Each read (those named ``only``, else all), flat vs partitioned; results under ``label``."""
         repos = {key: PriceRepository(conn) for key, conn in self.conns.items()}
         out = []
         for name, call, sql, params in self.reads():
+            if only is not None and not name.startswith(only):
+                continue
             # warm-up, check, and how many calls make a sample last MIN_SAMPLE
             first = {key: call(repo) for key, repo in repos.items()}
             if not first["flat"] or self.comparable(first["flat"]) != self.comparable(first["part"]):
@@ -293,11 +296,39 @@ class Bench:
             entry = self.summarise(name, times)
             entry.update(rows=len(first["flat"]), inner=inner)
             for key in ("flat", "part"):
-                entry[f"plan_{key}"] = self.explain(key, name, sql, params)
+                entry[f"plan_{key}"] = self.explain(key, name if label == "reads" else f"{name} ({label})",
+                                                    sql, params)
             out.append(entry)
             self.log(f"  {name}: flat {entry['flat_ms']} ms, part {entry['part_ms']} ms, "
                      f"ratio {entry['ratio']}")
-        self.results["reads"] = out
+        self.results[label] = out
+
+    def cluster(self) -> None:
+        """CLUSTER the closed months the range reads touch, then measure those reads again.
+
+        A feed appends every symbol's bar of a minute together, so one symbol's
+        month is spread over as many heap pages as it has bars. A month that is
+        over is never written again: rewriting its partition in (symbol,
+        interval, timestamp) order locks only that partition. The same on the
+        unpartitioned table would lock and rewrite all of it.
+        """
+        month = self.months[len(self.months) // 2]
+        names = {f"prices_p{m:%Y_%m}" for m in (month, (month - dt.timedelta(days=1)).replace(day=1))}
+        timings = {}
+        with self.raw["part"].cursor() as cur:
+            for name in sorted(names):
+                start = time.perf_counter()
+                cur.execute(f"CLUSTER {name} USING {name}_symbol_interval_timestamp_idx")
+                cur.execute(f"ANALYZE {name}")
+                timings[name] = round(time.perf_counter() - start, 1)
+        self.results["cluster_seconds"] = timings
+        self.log(f"  clustered {timings}")
+        self.measure_reads(only="get_range, 1 symbol, " + f"{month:%B}", label="reads_clustered")
+        first = self.results["reads_clustered"]
+        self.measure_reads(only="get_range, 1 symbol, 30 days", label="reads_clustered_across")
+        self.measure_reads(only="resample", label="reads_clustered_resample")
+        self.results["reads_clustered"] = (first + self.results.pop("reads_clustered_across")
+                                           + self.results.pop("reads_clustered_resample"))
 
     @staticmethod
     def summarise(name: str, times: dict) -> dict:
@@ -312,8 +343,11 @@ class Bench:
 
     def explain(self, key: str, name: str, sql: str, params) -> dict:
         with self.raw[key].cursor() as cur:
-            cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
-            doc = cur.fetchone()[0][0]
+            docs = []
+            for _ in range(3):  # the median execution time of three; buffers are the same each time
+                cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+                docs.append(cur.fetchone()[0][0])
+            doc = sorted(docs, key=lambda d: d["Execution Time"])[1]
             cur.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) " + sql, params)
             self.plans[f"{name} [{key}]"] = "\n".join(r[0] for r in cur.fetchall())
         nodes, scans = [], {"partitions": set(), "executed": set(), "index_probes": 0}
@@ -435,18 +469,58 @@ class Bench:
         self.log(f"  COPY {expected} rows: flat {entry['flat_ms']} ms, part {entry['part_ms']} ms")
 
     def latest_without_default(self) -> None:
-        """latest_for_symbols' plan on the partitioned table with its DEFAULT partition detached."""
-        every = [f"S{i:03d}" for i in range(SYMBOLS)]
+        """latest_for_symbols on flat, partitioned, and partitioned with its DEFAULT partition detached.
+
+        A DEFAULT partition makes PostgreSQL give up the ordered Append (newest
+        partition first, stop at the first row) for a Merge Append that probes
+        every partition. The DEFAULT is detached and attached again around each
+        sample of the third contender (attaching an empty one is instant).
+        """
         has_default = self.one("part", "SELECT count(*) FROM pg_class WHERE relname = 'prices_default'")
         if not has_default:
             return
-        with self.raw["part"].cursor() as cur:
-            cur.execute("ALTER TABLE prices DETACH PARTITION prices_default")
-            try:
-                self.results["latest_without_default"] = self.explain(
-                    "part", "latest_for_symbols, every symbol, no DEFAULT partition", SQL_LATEST, (every, "1m"))
-            finally:
-                cur.execute("ALTER TABLE prices ATTACH PARTITION prices_default DEFAULT")
+        repos = {key: PriceRepository(conn) for key, conn in self.conns.items()}
+        cur = self.raw["part"].cursor()
+        out = []
+        for count in (10, SYMBOLS):
+            symbols = [f"S{i:03d}" for i in range(0, SYMBOLS, SYMBOLS // count)]
+            expected = self.comparable(repos["flat"].latest_for_symbols(symbols))
+            times = {"flat": [], "part": [], "part_no_default": []}
+            inner = None
+            for i in range(self.repeat):
+                order = list(times) if i % 2 == 0 else list(reversed(times))
+                for key in order:
+                    repo = repos["flat" if key == "flat" else "part"]
+                    if key == "part_no_default":
+                        cur.execute("ALTER TABLE prices DETACH PARTITION prices_default")
+                    try:
+                        if self.comparable(repo.latest_for_symbols(symbols)) != expected:  # warm-up and check
+                            raise AssertionError(f"latest_for_symbols ({key}) disagrees with the flat table")
+                        if inner is None:
+                            start = time.perf_counter()
+                            repo.latest_for_symbols(symbols)
+                            inner = max(1, math.ceil(MIN_SAMPLE / max(time.perf_counter() - start, 1e-6)))
+                        start = time.perf_counter()
+                        for _ in range(inner):
+                            repo.latest_for_symbols(symbols)
+                        times[key].append((time.perf_counter() - start) / inner)
+                        if key == "part_no_default" and i == 0:
+                            plan = self.explain("part", f"latest_for_symbols, {count} symbols, no DEFAULT partition",
+                                                SQL_LATEST, (symbols, "1m"))
+                    finally:
+                        if key == "part_no_default":
+                            cur.execute("ALTER TABLE prices ATTACH PARTITION prices_default DEFAULT")
+            med = {k: statistics.median(v) for k, v in times.items()}
+            entry = {"name": f"latest_for_symbols, {count} symbols", "inner": inner,
+                     **{f"{k}_ms": round(v * 1e3, 3) for k, v in med.items()},
+                     "part_over_flat": round(med["part"] / med["flat"], 3),
+                     "no_default_over_flat": round(med["part_no_default"] / med["flat"], 3),
+                     "samples_ms": {k: [round(t * 1e3, 3) for t in v] for k, v in times.items()},
+                     "plan_no_default": plan}
+            out.append(entry)
+            self.log(f"  {entry['name']}: flat {entry['flat_ms']} ms, part {entry['part_ms']} ms, "
+                     f"part without DEFAULT {entry['part_no_default_ms']} ms")
+        self.results["latest_default_partition"] = out
 
     def close(self, keep: bool) -> None:
         for conn in self.conns.values():
@@ -471,7 +545,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plans", metavar="FILE", help="write every EXPLAIN (ANALYZE, BUFFERS) as text")
     parser.add_argument("--keep", action="store_true", help="keep the two databases")
     parser.add_argument("--reuse", action="store_true", help="measure the databases a --keep run left")
-    parser.add_argument("--skip", default="", help="comma-separated: reads, retention, ingest")
+    parser.add_argument("--skip", default="", help="comma-separated: reads, cluster, ingest, retention")
     args = parser.parse_args(argv)
     if not args.database:
         parser.error("--database URL (or MARKETSTORE_DATABASE_URL) is required")
@@ -497,6 +571,9 @@ def main(argv=None) -> int:
             if step == "reads":
                 bench.measure_reads()
                 bench.latest_without_default()
+                if "cluster" not in skip:
+                    log("-- cluster")
+                    bench.cluster()
             elif step == "ingest":
                 bench.measure_ingest(args.copy_rows)
             else:
