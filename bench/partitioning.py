@@ -555,6 +555,10 @@ def main(argv=None) -> int:
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     bench = Bench(args.database, args.rows, args.repeat, log)
+    if len(bench.months) < 2 or args.repeat < 1:
+        # retention drops the oldest month and the reads need a month boundary to cross
+        parser.error(f"--rows {args.rows} covers {len(bench.months)} month(s): at least two are needed "
+                     f"(~{2 * 21 * BARS_PER_DAY * SYMBOLS:,} rows); --repeat must be >= 1")
     started = time.monotonic()
     bench.results["load_average_start"] = os.getloadavg()
     try:
