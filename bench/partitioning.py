@@ -557,8 +557,10 @@ def main(argv=None) -> int:
     bench = Bench(args.database, args.rows, args.repeat, log)
     if len(bench.months) < 2 or args.repeat < 1:
         # retention drops the oldest month and the reads need a month boundary to cross
+        first_month = sum(1 for n in range(31) if (FIRST_DAY + dt.timedelta(days=n)).month == FIRST_DAY.month
+                          and (FIRST_DAY + dt.timedelta(days=n)).weekday() < 5)
         parser.error(f"--rows {args.rows} covers {len(bench.months)} month(s): at least two are needed "
-                     f"(~{2 * 21 * BARS_PER_DAY * SYMBOLS:,} rows); --repeat must be >= 1")
+                     f"(> {first_month * BARS_PER_DAY * SYMBOLS:,} rows); --repeat must be >= 1")
     started = time.monotonic()
     bench.results["load_average_start"] = os.getloadavg()
     try:
