@@ -45,10 +45,18 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     dbname = params.pop("dbname", None) or settings.database
     # Every session runs in UTC so timestamptz values come back in UTC, and
     # statement_timeout is a server setting so it also bounds COPY and DDL.
-    options = [params.pop("options", ""), "-c timezone=UTC"]
+    session_settings = {"timezone": "UTC"}
     if settings.statement_timeout:
-        options.append(f"-c statement_timeout={int(settings.statement_timeout)}")
-    params["options"] = " ".join(o for o in options if o)
+        session_settings["statement_timeout"] = int(settings.statement_timeout)
+    transaction_settings = None
+    if settings.pooler:
+        # PgBouncer (transaction mode) refuses `options` at connect, and a SET would
+        # stay on a server connection that other clients share: SET LOCAL in each
+        # session's BEGIN instead (see PooledPostgresqlExtDatabase.open_transaction).
+        transaction_settings = session_settings
+    else:
+        options = [params.pop("options", "")] + [f"-c {k}={v}" for k, v in session_settings.items()]
+        params["options"] = " ".join(o for o in options if o)
     params.setdefault("application_name", settings.application_name)
     # libpq waits for the OS otherwise: minutes for a connect to a black-holed
     # host, hours before a dead peer of an idle pooled connection is noticed.
@@ -60,7 +68,7 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     return PooledPostgresqlExtDatabase(
         dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
         timeout=settings.pool_timeout or None, pool_size=settings.pool_size, pre_ping=settings.pool_pre_ping,
-        ping_after_idle=None, **params)
+        ping_after_idle=None, transaction_settings=transaction_settings, **params)
 
 
 class Session:
@@ -70,10 +78,11 @@ class Session:
     left once per transaction, on the hot path of every repository call.
     """
 
-    __slots__ = ("_connection", "_operation", "_model", "_db", "_started", "_atomic")
+    __slots__ = ("_connection", "_operation", "_model", "_read_only", "_db", "_started", "_atomic")
 
-    def __init__(self, connection: "DatabaseConnection", operation: str, model: str):
+    def __init__(self, connection: "DatabaseConnection", operation: str, model: str, read_only: bool = False):
         self._connection, self._operation, self._model = connection, operation, model
+        self._read_only = read_only
 
     def __enter__(self) -> PooledPostgresqlExtDatabase:
         db = self._db = self._connection.database
@@ -85,7 +94,7 @@ class Session:
                 # Outermost: the driver's own BEGIN/COMMIT (the fast path of
                 # PooledPostgresqlExtDatabase.open_transaction).
                 self._atomic = None
-                db.open_transaction()
+                db.open_transaction(self._read_only)
             else:
                 # Nested, or inside plain Peewee use of the thread's connection:
                 # atomic() makes a savepoint, or a transaction if none is open.
@@ -189,7 +198,7 @@ class DatabaseConnection:
     def is_initialized(self) -> bool:
         return self._db is not None
 
-    def session(self, operation: str = "session", model: str = "") -> "Session":
+    def session(self, operation: str = "session", model: str = "", read_only: bool = False) -> "Session":
         """Check a connection out and run the block in a transaction.
 
         Commits on success; on any exception rolls back and re-raises, driver
@@ -198,8 +207,13 @@ class DatabaseConnection:
         Nested sessions in one thread share the connection and use a savepoint,
         as does ``db.atomic()`` inside. ``db.commit()``/``db.rollback()`` inside
         end the work so far, and the session goes on in a new transaction.
+
+        ``read_only=True``: a ``READ ONLY`` transaction, where a write raises
+        ``ReadOnlyError``; served by a replica within ``max_replica_lag`` when
+        one is configured, else by the primary. A session opened inside
+        another one of this thread joins it, whatever its ``read_only``.
         """
-        return Session(self, operation, model)
+        return Session(self, operation, model, read_only)
 
     def in_transaction(self) -> bool:
         """True when this thread has a transaction open on this connection's database."""
@@ -258,9 +272,10 @@ def close_database() -> None:
     db_connection.close()
 
 
-def get_db_session(operation: str = "session", model: str = ""):
-    """``with get_db_session() as db:`` — a transaction on :data:`db_connection`."""
-    return db_connection.session(operation, model)
+def get_db_session(operation: str = "session", model: str = "", read_only: bool = False):
+    """``with get_db_session() as db:`` — a transaction on :data:`db_connection`
+    (``read_only=True``: see :meth:`DatabaseConnection.session`)."""
+    return db_connection.session(operation, model, read_only)
 
 
 def _in_transaction(connection: DatabaseConnection | None = None) -> bool:
