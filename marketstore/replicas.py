@@ -89,6 +89,7 @@ class ReplicaSet:
         self._turn = itertools.count()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._health_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -153,8 +154,9 @@ class ReplicaSet:
                 self._down(replica, exc)
 
     def _down(self, server: _Server, exc: BaseException) -> None:
-        if server.healthy:
-            server.healthy = False
+        with self._health_lock:  # one warning when several threads see it fail at once
+            was, server.healthy = server.healthy, False
+        if was:
             lines = str(exc).strip().splitlines()
             reason = lines[0] if lines else type(exc).__name__  # libpq's messages carry no password
             if server.db is not None:
@@ -259,7 +261,7 @@ class ReplicaSet:
     def _after_fork(self) -> None:
         # The parent's threads did not survive; the child starts its own sampler
         # (with connections of its own) at its first pick().
-        self._lock = threading.Lock()
+        self._lock, self._health_lock = threading.Lock(), threading.Lock()
         self._stop = threading.Event()
         self._threads, self._running = [], False
         self._local = threading.local()
