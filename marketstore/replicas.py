@@ -68,6 +68,16 @@ class _Server:
         self.sampled_at: float | None = None
 
 
+class _ThreadState(threading.local):
+    """Per thread: the replica database of the open session, the routed-read mode, the last replica used."""
+
+    # Class attributes as defaults: a missing attribute of a threading.local
+    # would cost an AttributeError per lookup on the hot path.
+    db = None
+    mode: str | None = None
+    served = None
+
+
 class ReplicaSet:
     """The standbys of one :class:`~marketstore.connection.DatabaseConnection` and their sampler.
 
@@ -87,7 +97,7 @@ class ReplicaSet:
         self._history: tuple[tuple, tuple] = ((), ())  # (times, lsns), replaced whole (lock-free reads)
         self._last_write = float("-inf")
         self._turn = itertools.count()
-        self._local = threading.local()
+        self._local = _ThreadState()
         self._lock = threading.Lock()
         self._health_lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,7 +139,7 @@ class ReplicaSet:
 
     def read_mode(self) -> str | None:
         """``"replica"`` or ``"primary"`` inside :meth:`begin_read`/:meth:`end_read` in this thread, else ``None``."""
-        return getattr(self._local, "mode", None)
+        return self._local.mode
 
     def begin_read(self, primary: bool = False) -> None:
         """Sessions opened outermost in this thread are routed reads (``primary``: on the primary) until :meth:`end_read`."""
@@ -141,11 +151,11 @@ class ReplicaSet:
 
     def served(self):
         """The replica database that served this thread's last routed session, or ``None``."""
-        return getattr(self._local, "served", None)
+        return self._local.served
 
     def session_db(self):
         """The replica database of this thread's open session, or ``None``."""
-        return getattr(self._local, "db", None)
+        return self._local.db
 
     def failed(self, db, exc: BaseException) -> None:
         """A session could not be served by the replica of ``db``: left out until a sample succeeds."""
@@ -264,7 +274,7 @@ class ReplicaSet:
         self._lock, self._health_lock = threading.Lock(), threading.Lock()
         self._stop = threading.Event()
         self._threads, self._running = [], False
-        self._local = threading.local()
+        self._local = _ThreadState()
 
 
 def _close(conn) -> None:

@@ -84,3 +84,46 @@ def test_a_failed_session_leaves_no_transaction_open_on_the_shared_server(pooled
     # Transaction mode: a server connection held only while a transaction is open.
     assert all(pool["sv_active"] == 0 for pool in pools), pools
     assert pooled.health_check() is True
+
+
+@pytest.fixture(scope="module")
+def utc_database(primary):
+    """A database whose sessions start in UTC, behind its own PgBouncer with one server connection."""
+    admin = psycopg2.connect(primary.url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("CREATE DATABASE utc_default")
+        cur.execute("ALTER DATABASE utc_default SET timezone = 'UTC'")
+    admin.close()
+    from pgbouncer import PgBouncer
+
+    bouncer = PgBouncer.start(primary.port, default_pool_size=1)
+    try:
+        yield bouncer.url("utc_default")
+    finally:
+        bouncer.stop()
+
+
+def test_a_connection_already_in_utc_skips_the_set_and_stays_in_utc(utc_database):
+    connection = DatabaseConnection().initialize(utc_database, pooler="transaction", pool_timeout=5)
+    other = psycopg2.connect(utc_database)
+    other.autocommit = True
+    try:
+        with connection.session() as db:
+            assert db.connection().get_parameter_status("TimeZone") == "UTC"
+        # Another client of the one shared server connection changes its time zone for good...
+        with other.cursor() as cur:
+            cur.execute("SET timezone = 'America/New_York'")
+            cur.execute("SHOW timezone")
+            assert cur.fetchone()[0] == "America/New_York"
+        # ...and PgBouncer, which tracks TimeZone per client, restores ours when it lends it to us.
+        for _ in range(3):
+            with connection.session() as db:
+                assert db.execute_sql("SHOW timezone").fetchone()[0] == "UTC"
+                assert db.execute_sql("SELECT now()").fetchone()[0].utcoffset() == dt.timedelta(0)
+            with other.cursor() as cur:
+                cur.execute("SHOW timezone")
+                assert cur.fetchone()[0] == "America/New_York"
+    finally:
+        other.close()
+        connection.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 import uuid
@@ -269,3 +270,42 @@ def test_replica_killed_mid_run_reads_keep_succeeding_with_one_warning(routed, s
     assert f"127.0.0.1:{standby.port}" in warnings[0].getMessage()
     assert served_by_replica(routed) is False
     assert routed.pool_status()["replicas"][0]["healthy"] is False
+
+
+def test_through_pgbouncer_reads_go_to_the_replica_and_writes_through_pgbouncer(pgbouncer_url, standby, pgbouncer):
+    connection = DatabaseConnection().initialize(pgbouncer_url, pooler="transaction", replica_urls=[standby.url()],
+                                                 max_replica_lag=MAX_LAG, pool_timeout=5, statement_timeout=2000)
+    try:
+        wait_for(lambda: served_by_replica(connection), what="the replica serving reads")
+        with connection.session(read_only=True) as db:
+            assert db.execute_sql("SELECT pg_is_in_recovery(), inet_server_port(), current_setting('TimeZone'), "
+                                  "current_setting('statement_timeout')").fetchone() == (True, standby.port,
+                                                                                          "UTC", "2s")
+        name = symbol()
+        created = PriceRepository(connection).create(**bar(name))
+        assert PriceRepository(connection).get_by_id(created.id) == created  # read-your-writes
+        with connection.session() as db:
+            assert db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_samples_and_routes_on_its_own(routed):
+    assert served_by_replica(routed)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's sampler threads did not survive the fork
+        code = 1
+        try:
+            time.sleep(MAX_LAG + 0.3)  # the samples inherited from the parent are too old now
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if served_by_replica(routed):
+                    code = 0 if routed.pool_status()["replicas"][0]["healthy"] else 2
+                    break
+                time.sleep(0.05)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert served_by_replica(routed)  # the parent's sampler and pools are untouched
