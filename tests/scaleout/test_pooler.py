@@ -33,6 +33,12 @@ def test_without_pooler_mode_pgbouncer_refuses_the_connection(pgbouncer_url):
 
 
 def test_sessions_run_in_utc_with_the_statement_timeout(pooled, pgbouncer):
+    for _ in range(2):  # a new connection, then a pooled one
+        with pooled.session() as db:
+            # One BEGIN, the package's: a driver BEGIN before it would draw
+            # "there is already a transaction in progress".
+            assert db.connection().notices == []
+            assert db.execute_sql("SELECT now() = statement_timestamp()").fetchone()[0] is False
     with pooled.session() as db:
         assert db.execute_sql("SHOW timezone").fetchone()[0] == "UTC"
         assert db.execute_sql("SHOW statement_timeout").fetchone()[0] == "300ms"
