@@ -3,12 +3,14 @@
 ``MARKETSTORE_DATABASE_URL`` (any libpq URL: ``sslmode`` and the other query
 parameters pass straight through to libpq), else libpq's ``PG*`` variables.
 Pool settings default to the original design: 10 kept, 20 overflow, 30 s wait,
-1 h recycle, pre-ping on.
+1 h recycle, pre-ping on. ``MARKETSTORE_POOLER=transaction`` when the URL is a
+PgBouncer in transaction mode; ``MARKETSTORE_REPLICA_URLS`` (comma-separated)
+and ``MARKETSTORE_MAX_REPLICA_LAG`` (seconds) for reads served by standbys.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import psycopg2.extensions
@@ -26,7 +28,12 @@ _POOL_OPTIONS = {
     "pool_pre_ping": ("MARKETSTORE_POOL_PRE_PING", "bool", True),
     "statement_timeout": ("MARKETSTORE_STATEMENT_TIMEOUT", "int>=0", None),
     "application_name": ("MARKETSTORE_APPLICATION_NAME", "str", "marketstore"),
+    # Scale-out (docs/SCALING.md): PgBouncer in transaction mode, read replicas.
+    "pooler": ("MARKETSTORE_POOLER", "pooler", None),
+    "replica_urls": ("MARKETSTORE_REPLICA_URLS", "urls", ()),
+    "max_replica_lag": ("MARKETSTORE_MAX_REPLICA_LAG", "float>=0.01", 1.0),
 }
+POOLERS = ("transaction",)
 
 # libpq environment variables we read when no URL is given.
 _PG_VARS = {
@@ -48,6 +55,21 @@ def _parse(name: str, kind: str, raw: Any) -> Any:
     """Parse one option; ``name`` is what the user typed, so errors name it."""
     if raw is None:
         return None
+    if kind == "pooler":
+        text = raw.strip().lower() if isinstance(raw, str) else raw
+        if text in ("", "none"):
+            return None
+        if text not in POOLERS:
+            raise ConfigurationError(f"{name}={raw!r}: expected one of {', '.join(POOLERS)} (or unset)")
+        return text
+    if kind == "urls":
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if isinstance(items, (bytes, dict)) or not hasattr(items, "__iter__"):
+            raise ConfigurationError(f"{name}: expected postgresql:// URLs (a list, or comma-separated)")
+        urls = tuple(u.strip() for u in items if not isinstance(u, str) or u.strip())
+        for number, url in enumerate(urls, 1):
+            parse_url(url, f"{name} #{number}")  # names the entry, never echoes it (a password)
+        return urls
     if kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigurationError(f"{name}={raw!r}: expected a non-empty string")
@@ -83,6 +105,9 @@ class Settings:
     pool_pre_ping: bool = True
     statement_timeout: int | None = None
     application_name: str = "marketstore"
+    pooler: str | None = None
+    replica_urls: tuple[str, ...] = ()
+    max_replica_lag: float = 1.0
 
     @property
     def max_connections(self) -> int:
@@ -95,30 +120,44 @@ class Settings:
 
     def safe_url(self) -> str:
         """The connection target for messages and logs, password masked."""
-        params = self.connect_params
-        user = params.get("user", "")
-        auth = f"{user}:***@" if params.get("password") else (f"{user}@" if user else "")
-        host = params.get("host") or params.get("hostaddr") or "localhost"
-        port = f":{params['port']}" if params.get("port") else ""
-        if host.startswith("/"):  # unix socket directory
-            return f"postgresql://{auth}/{self.database}?host={host}"
-        return f"postgresql://{auth}{host}{port}/{self.database}"
+        return safe_url(self.connect_params)
+
+    def replica_safe_urls(self) -> list[str]:
+        """The replicas' targets, passwords masked."""
+        return [safe_url(parse_url(url)) for url in self.replica_urls]
+
+    def for_replica(self, url: str) -> "Settings":
+        """These settings (pool limits, pooler, timeouts) for the replica at ``url``."""
+        return replace(self, connect_params=parse_url(url), replica_urls=())
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "connect_params"
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+            if f.name not in ("connect_params", "replica_urls")
         )
-        return f"Settings(url={self.safe_url()!r}, {shown})"
+        replicas = f", replicas={self.replica_safe_urls()!r}" if self.replica_urls else ""
+        return f"Settings(url={self.safe_url()!r}, {shown}{replicas})"
 
     __str__ = __repr__
 
 
-def parse_url(url: str) -> dict[str, str]:
-    """Split a libpq URL into connection parameters (every query parameter kept)."""
+def safe_url(params: Mapping[str, str]) -> str:
+    """The connection target of libpq ``params`` for messages and logs, password masked."""
+    user = params.get("user", "")
+    auth = f"{user}:***@" if params.get("password") else (f"{user}@" if user else "")
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = f":{params['port']}" if params.get("port") else ""
+    database = params.get("dbname") or user or "postgres"
+    if host.startswith("/"):  # unix socket directory
+        return f"postgresql://{auth}/{database}?host={host}"
+    return f"postgresql://{auth}{host}{port}/{database}"
+
+
+def parse_url(url: str, name: str = URL_VAR) -> dict[str, str]:
+    """Split a libpq URL into connection parameters (every query parameter kept);
+    ``name`` (the setting it came from) is what errors name."""
     if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            f"{URL_VAR}: expected a postgresql://user:password@host:port/dbname URL"
-        )
+        raise ConfigurationError(f"{name}: expected a postgresql://user:password@host:port/dbname URL")
     try:
         params = psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError:
@@ -126,9 +165,9 @@ def parse_url(url: str) -> dict[str, str]:
     if params is None:
         # Raised outside the except block: libpq's message quotes the URL, password
         # included, and would otherwise travel along as __context__.
-        raise ConfigurationError(f"{URL_VAR}: not a valid libpq URL")
+        raise ConfigurationError(f"{name}: not a valid libpq URL")
     if "port" in params:
-        _parse(f"{URL_VAR} port", "int>=1", params["port"])
+        _parse(f"{name} port", "int>=1", params["port"])
     return params
 
 
@@ -168,5 +207,12 @@ def load_settings(url: str | None = None, environ: Mapping[str, str] | None = No
             values[name] = _parse(var, kind, env[var])
         else:
             values[name] = default
+    if values["pooler"]:
+        # PgBouncer refuses the startup packet outright ("unsupported startup parameter").
+        for where, given in [("the URL", params)] + [(f"replica URL #{n}", parse_url(u))
+                                                      for n, u in enumerate(values["replica_urls"], 1)]:
+            if "options" in given:
+                raise ConfigurationError(f"options (in {where}): not allowed with pooler='transaction'; "
+                                         "PgBouncer refuses it at connect")
     return Settings(connect_params=params, **values)
 

@@ -222,7 +222,11 @@ class ConnectionPool:
             return False
         if status != TRANSACTION_STATUS_IDLE:
             try:
-                conn.rollback()
+                if conn.autocommit:  # a transaction begun as SQL (behind PgBouncer): psycopg2's rollback() is a no-op
+                    with conn.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                else:
+                    conn.rollback()
             except DRIVER_ERRORS:
                 return False
         return True

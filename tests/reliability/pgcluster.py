@@ -152,7 +152,48 @@ class Cluster:
             "local all all trust\n"
             f"host all {SUPERUSER} 127.0.0.1/32 trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
+            # pg_basebackup and a standby's walreceiver (create_standby)
+            f"local replication {SUPERUSER} trust\n"
+            f"host replication {SUPERUSER} 127.0.0.1/32 trust\n"
         )
+
+    def create_standby(self, **settings) -> "Cluster":
+        """A streaming hot standby of this cluster (``pg_basebackup -R``), started on a free port.
+
+        This cluster needs ``wal_level = replica`` (the default) and free
+        ``max_wal_senders``; ``settings`` go to the standby's postgresql.conf.
+        Always :meth:`destroy` it.
+        """
+        base = Path(tempfile.mkdtemp(prefix="marketstore-standby-"))
+        standby = type(self)(self.bindir, base, self.user)
+        try:
+            if self.user is not None:
+                os.chown(base, self.user.pw_uid, self.user.pw_gid)
+            standby._run("pg_basebackup", "-D", str(standby.data), "-h", "127.0.0.1", "-p", str(self.port),
+                         "-U", SUPERUSER, "-R", "-X", "stream", "--no-sync", "-c", "fast")
+            # The copied postgresql.conf points at the primary's port and socket
+            # directory: later lines win.
+            conf = {"unix_socket_directories": f"'{base}'", "hot_standby": "on", **settings}
+            with open(standby.data / "postgresql.conf", "a") as fh:
+                fh.write("\n# marketstore standby\n")
+                fh.writelines(f"{key} = {value}\n" for key, value in conf.items())
+            for attempt in range(5):
+                standby.port = free_port()
+                standby._write_port()
+                try:
+                    standby.start()
+                    break
+                except subprocess.CalledProcessError:
+                    if attempt == 4 or "Address already in use" not in standby.log_text():
+                        raise
+        except BaseException:
+            standby.destroy()
+            raise
+        return standby
+
+    def kill(self) -> None:
+        """Stop the server at once, as a crash would (``pg_ctl stop -m immediate``); :meth:`start` recovers."""
+        self.stop("immediate")
 
     def _write_port(self) -> None:
         with open(self.data / "postgresql.conf", "a") as fh:
