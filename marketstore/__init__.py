@@ -23,6 +23,7 @@ from .errors import (
     NotFoundError,
     PoolExhaustedError,
     QueryError,
+    ReadOnlyError,
     SerializationFailure,
     TransactionError,
 )
@@ -59,7 +60,7 @@ __all__ = [
     # errors (the module, and its classes)
     "errors", "MarketstoreError", "ConfigurationError", "DatabaseConnectionError", "PoolExhaustedError",
     "TransactionError", "IntegrityViolation", "DuplicateKeyError", "SerializationFailure", "QueryError",
-    "NotFoundError", "DataValidationError",
+    "NotFoundError", "ReadOnlyError", "DataValidationError",
     # models
     "database_proxy", "BaseModel", "Price", "Article", "SentimentScore", "Event", "TradingSignal", "Order",
     "OrderEvent", "BacktestResult",

@@ -19,11 +19,13 @@ import time
 
 from .config import Settings, load_settings
 from .database import PooledPostgresqlExtDatabase, database_proxy
+from .replicas import ReplicaSet
 from .errors import (
     DRIVER_ERRORS,
     DatabaseConnectionError,
     DataValidationError,
     MarketstoreError,
+    PoolExhaustedError,
     SerializationFailure,
     TransactionError,
     driver_error,
@@ -78,15 +80,29 @@ class Session:
     left once per transaction, on the hot path of every repository call.
     """
 
-    __slots__ = ("_connection", "_operation", "_model", "_read_only", "_db", "_started", "_atomic")
+    __slots__ = ("_connection", "_operation", "_model", "_read_only", "_route", "_db", "_started", "_atomic",
+                 "_replicas", "_served")
 
-    def __init__(self, connection: "DatabaseConnection", operation: str, model: str, read_only: bool = False):
+    def __init__(self, connection: "DatabaseConnection", operation: str, model: str, read_only: bool = False,
+                 *, route: bool = True):
         self._connection, self._operation, self._model = connection, operation, model
-        self._read_only = read_only
+        # route=False: a read-only session that must reach the primary (health_check).
+        self._read_only, self._route = read_only, route
 
     def __enter__(self) -> PooledPostgresqlExtDatabase:
-        db = self._db = self._connection.database
+        connection = self._connection
+        db = connection.database
+        replicas = self._replicas = connection._replicas
         self._started = time.perf_counter()
+        self._served = None
+        if replicas is not None:
+            joined = replicas.session_db()
+            if joined is not None:  # inside this thread's session on a replica: join it
+                db = joined
+            elif db.is_closed() and self._route and (self._read_only or replicas.read_mode() is not None):
+                self._db = db = self._open_read(db, replicas)
+                return db
+        self._db = db
         # The models' database_proxy is this database until the block ends.
         database_proxy.push(db)
         try:
@@ -105,6 +121,32 @@ class Session:
             self._reraise(exc)
         return db
 
+    def _open_read(self, primary: PooledPostgresqlExtDatabase, replicas: ReplicaSet) -> PooledPostgresqlExtDatabase:
+        """Open an outermost read-only transaction: on a replica within the lag bound, else the primary."""
+        self._read_only, self._atomic = True, None
+        replica = None if replicas.read_mode() == "primary" else replicas.pick()
+        if replica is not None:
+            database_proxy.push(replica)
+            try:
+                replica.open_transaction(True)
+            except BaseException as exc:
+                database_proxy.pop()
+                if not isinstance(exc, DRIVER_ERRORS):
+                    raise
+                if not isinstance(exc, PoolExhaustedError):  # busy is not down
+                    replicas.failed(replica, exc)
+            else:
+                replicas.open_session(replica)
+                self._served = replica
+                return replica
+        database_proxy.push(primary)
+        try:
+            primary.open_transaction(True)
+        except BaseException as exc:
+            database_proxy.pop()
+            self._reraise(exc)
+        return primary
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         db = self._db
         try:
@@ -118,6 +160,14 @@ class Session:
             self._reraise(failure)
         finally:
             database_proxy.pop()
+            replicas = self._replicas
+            if replicas is not None and self._atomic is None:
+                if self._served is not None:
+                    replicas.close_session()
+                    if exc is not None and is_connection_lost(exc):
+                        replicas.failed(db, exc)
+                elif not self._read_only:  # it may have written: later reads must see it
+                    replicas.wrote()
         if exc is not None:
             error = self._translated(exc)
             if error is not None:
@@ -141,7 +191,11 @@ class Session:
             return None
         if isinstance(exc, DRIVER_ERRORS):
             error = translate(exc, f"{self._operation} {self._model}".strip())
-            _log_once(error, self._operation, self._model, self._started)
+            # A routed read whose replica broke is run again on the primary
+            # (DatabaseConnection.read): the replica's warning is the one log line.
+            if not (self._served is not None and self._replicas.read_mode() is not None
+                    and isinstance(error, DatabaseConnectionError)):
+                _log_once(error, self._operation, self._model, self._started)
             return error
         return None
 
@@ -165,6 +219,7 @@ class DatabaseConnection:
 
     def __init__(self) -> None:
         self._db: PooledPostgresqlExtDatabase | None = None
+        self._replicas: ReplicaSet | None = None
         self.settings: Settings | None = None
         self._lock = threading.Lock()
 
@@ -177,13 +232,19 @@ class DatabaseConnection:
         """
         settings = load_settings(url, **options)
         self._refuse_inside_transaction("initialize")
+        replicas = None
+        if settings.replica_urls:
+            replicas = ReplicaSet(settings, [_database(settings.for_replica(url)) for url in settings.replica_urls])
         with self._lock:
             old, self._db = self._db, _database(settings)
+            old_replicas, self._replicas = self._replicas, replicas
             self.settings = settings
             if self is db_connection:  # the default serves queries outside any session
                 database_proxy.initialize(self._db)
         if old is not None:
             old.close_all()
+        if old_replicas is not None:
+            old_replicas.close()
         logger.info("database configured: %r", settings)
         return self
 
@@ -216,14 +277,42 @@ class DatabaseConnection:
         return Session(self, operation, model, read_only)
 
     def in_transaction(self) -> bool:
-        """True when this thread has a transaction open on this connection's database."""
-        db = self._db
+        """True when this thread has a transaction open on this connection's database (or a replica's)."""
+        db, replicas = self._db, self._replicas
+        if replicas is not None and replicas.session_db() is not None:
+            return True
         return db is not None and not db.is_closed() and db.in_transaction()
 
-    def health_check(self) -> bool:
-        """True when a round trip to the server succeeds; never raises."""
+    def read(self, fn, /, *args, **kwargs):
+        """``fn(*args, **kwargs)``, a read made of sessions of this connection, served by a replica.
+
+        Outside any session of this thread, ``fn``'s sessions are read-only and
+        served by a replica within ``max_replica_lag`` (else the primary); if
+        the replica's connection breaks midway, ``fn`` runs once more on the
+        primary, so it must be safe to repeat (a read is). Inside a session
+        ``fn`` joins it; without replicas it simply runs. Returns what ``fn``
+        returns; raises what it raises.
+        """
+        replicas = self._replicas
+        if replicas is None or replicas.read_mode() is not None or self.in_transaction():
+            return fn(*args, **kwargs)
+        replicas.begin_read()
         try:
-            with self.session("health_check") as db:
+            return fn(*args, **kwargs)
+        except DatabaseConnectionError as exc:
+            served = replicas.served()
+            if served is None or isinstance(exc, PoolExhaustedError):
+                raise
+            replicas.failed(served, exc)
+            replicas.begin_read(primary=True)
+            return fn(*args, **kwargs)
+        finally:
+            replicas.end_read()
+
+    def health_check(self) -> bool:
+        """True when a round trip to the (primary) server succeeds; never raises."""
+        try:
+            with Session(self, "health_check", "", True, route=False) as db:
                 db.execute_sql("SELECT 1").fetchone()
             return True
         except MarketstoreError as exc:
@@ -231,10 +320,14 @@ class DatabaseConnection:
             return False
 
     def pool_status(self) -> dict:
-        """``{'max_connections', 'pool_size', 'in_use', 'idle'}`` (zeros before initialization)."""
-        if self._db is None:
-            return {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0}
-        return self._db.status()
+        """``{'max_connections', 'pool_size', 'in_use', 'idle'}`` of the primary's pool (zeros
+        before initialization), and ``'replicas'``: one dict per replica, ``{'url'`` (no
+        password), ``'in_use', 'idle', 'healthy', 'lag_seconds'}`` (``None`` when unknown).
+        """
+        db, replicas = self._db, self._replicas
+        if db is None:
+            return {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0, "replicas": []}
+        return {**db.status(), "replicas": replicas.status() if replicas is not None else []}
 
     def close(self) -> None:
         """Close every pooled connection; the next session needs ``initialize()`` again.
@@ -245,11 +338,13 @@ class DatabaseConnection:
         self._refuse_inside_transaction("close")
         with self._lock:
             db, self._db = self._db, None
+            replicas, self._replicas = self._replicas, None
             if self is db_connection and db is not None:
                 database_proxy.initialize(None)
         if db is not None:
             db.close_all()
-
+        if replicas is not None:
+            replicas.close()
 
     def _refuse_inside_transaction(self, operation: str) -> None:
         # Checked before anything changes: the pool would refuse to close this

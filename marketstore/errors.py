@@ -51,6 +51,10 @@ class NotFoundError(QueryError, peewee.DoesNotExist):
     """The requested row does not exist."""
 
 
+class ReadOnlyError(QueryError):
+    """A write reached a standby or a read-only session (SQLSTATE 25006)."""
+
+
 class DataValidationError(MarketstoreError, ValueError):
     """Input refused before it reached the server.
 
@@ -101,6 +105,10 @@ _CONNECTION_CODES = {
     "57P03",  # cannot_connect_now (server starting up / shutting down)
     "53300",  # too_many_connections
 }
+_READ_ONLY_CODE = psycopg2.errorcodes.READ_ONLY_SQL_TRANSACTION  # 25006
+# Recovery refuses some things with a generic code: "cannot execute ... during
+# recovery" (0A000), "cannot assign TransactionIds during recovery" (25000), ...
+_RECOVERY_CODES = {"0A000", "25000", "55000"}
 _SERIALIZATION_CODES = {
     psycopg2.errorcodes.SERIALIZATION_FAILURE,
     psycopg2.errorcodes.DEADLOCK_DETECTED,
@@ -160,6 +168,8 @@ def translate(exc: BaseException, context: str = "") -> MarketstoreError:
         return DatabaseConnectionError(text)
     if code in _SERIALIZATION_CODES:
         return SerializationFailure(text)
+    if code == _READ_ONLY_CODE or (code in _RECOVERY_CODES and ("recovery" in text or "read-only" in text)):
+        return ReadOnlyError(text)
     if code.startswith("23") or isinstance(exc, (peewee.IntegrityError, psycopg2.IntegrityError)):
         detail = getattr(getattr(driver, "diag", None), "message_detail", None)
         return IntegrityViolation(f"{text} ({detail})" if detail else text)

@@ -1,7 +1,8 @@
 """``BaseRepository[T]``: the one generic CRUD implementation every repository inherits."""
 from __future__ import annotations
 
-from typing import Any, Generic, Iterable, Mapping, TypeVar
+import functools
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from .connection import DatabaseConnection, db_connection
 from .errors import DataValidationError, NotFoundError
@@ -9,6 +10,21 @@ from .models import BaseModel
 from . import validation as check
 
 T = TypeVar("T", bound=BaseModel)
+F = TypeVar("F", bound=Callable)
+
+
+def reads(method: F) -> F:
+    """Marks a repository method that only reads (and returns what it read, not a lazy cursor).
+
+    Called outside any session, it is served by a replica within
+    ``max_replica_lag`` when the repository's connection has replicas, and run
+    once more on the primary if the replica's connection breaks midway
+    (:meth:`DatabaseConnection.read`); inside a session it joins it.
+    """
+    @functools.wraps(method)
+    def routed(self, *args, **kwargs):
+        return self.connection.read(method, self, *args, **kwargs)
+    return routed
 
 
 class BaseRepository(Generic[T]):
@@ -49,6 +65,7 @@ class BaseRepository(Generic[T]):
         with self.session("create"):
             return self._returning(self.model.insert(row)).execute()[0]
 
+    @reads
     def get_by_id(self, id: int) -> T | None:
         """The row with primary key ``id``, or ``None``."""
         check.positive_int("id", id)
@@ -62,6 +79,7 @@ class BaseRepository(Generic[T]):
             raise NotFoundError(f"{self.model.__name__} id={id!r} not found")
         return found
 
+    @reads
     def list(self, limit: int = 100, after_id: int | None = None, **filters) -> list[T]:
         """Up to ``limit`` rows matching ``filters`` (equality), ordered by id.
 
@@ -100,11 +118,13 @@ class BaseRepository(Generic[T]):
         with self.session("delete"):
             return self.model.delete().where(self.model._meta.primary_key == id).execute() > 0
 
+    @reads
     def count(self, **filters) -> int:
         """Number of rows matching ``filters`` (equality)."""
         with self.session("count"):
             return self._where(self.model.select(), filters).count()
 
+    @reads
     def exists(self, **filters) -> bool:
         """Whether any row matches ``filters`` (equality)."""
         with self.session("exists"):

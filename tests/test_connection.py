@@ -132,7 +132,7 @@ def test_31st_session_waits_pool_timeout_then_raises_pool_exhausted(db, raw, dat
 
     with held_sessions(30) as pids:
         assert len(set(pids)) == 30
-        assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 30, "idle": 0}
+        assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 30, "idle": 0, "replicas": []}
         assert server_connections(raw, name) == 30
         started = time.monotonic()
         with pytest.raises(PoolExhaustedError) as info:
@@ -194,7 +194,7 @@ def test_at_most_pool_size_connections_are_kept_idle(db, raw, database_url):
     with held_sessions(30):
         assert server_connections(raw, name) == 30
 
-    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 10}
+    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 10, "replicas": []}
     assert eventually(lambda: server_connections(raw, name), 10) == 10
 
 
@@ -218,7 +218,7 @@ def test_pool_options_from_the_environment_take_effect(db, database_url, monkeyp
         with pytest.raises(PoolExhaustedError):
             with get_db_session():
                 pass
-    assert conn.pool_status() == {"max_connections": 3, "pool_size": 2, "in_use": 0, "idle": 2}
+    assert conn.pool_status() == {"max_connections": 3, "pool_size": 2, "in_use": 0, "idle": 2, "replicas": []}
 
 
 # -- pre-ping and broken connections ------------------------------------------
@@ -241,7 +241,7 @@ def test_pre_ping_replaces_an_idle_connection_the_server_dropped(db, raw, databa
         assert session.execute_sql("SELECT 1").fetchone() == (1,)
 
     assert replacement != dead
-    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
     assert server_connections(raw, name) == 1
     assert not caplog.records, "a replaced idle connection is not an error"
 
@@ -277,7 +277,7 @@ def test_backend_killed_while_in_use_raises_connection_error_and_frees_the_slot(
 
     with get_db_session() as session:
         assert backend_pid(session) != pid
-    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
 
 
 def test_many_killed_sessions_do_not_leak_slots(db, raw, database_url):
@@ -427,7 +427,7 @@ def test_driver_errors_in_a_session_are_translated_and_chained(db, raw, sql, err
     # Plain Peewee habits keep working: the translated error is also Peewee's own.
     assert isinstance(info.value, peewee_error)
     # The connection survived the failed statement and went back to the pool.
-    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
     with get_db_session() as session:
         assert session.execute_sql("SELECT 1").fetchone() == (1,)
     assert count_rows(raw, "prices") == 1
@@ -512,12 +512,12 @@ def test_concurrent_sessions_from_many_threads_all_commit(db, raw):
 
 def test_health_check_and_status_on_a_live_server(db):
     assert db.health_check() is True
-    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
 
 
 def test_uninitialized_connection_reports_instead_of_connecting():
     conn = DatabaseConnection()
-    assert conn.pool_status() == {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0}
+    assert conn.pool_status() == {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0, "replicas": []}
     assert conn.health_check() is False
     with pytest.raises(DatabaseConnectionError, match="initialize"):
         with conn.session():
@@ -655,7 +655,7 @@ def test_plain_peewee_outside_a_session_borrows_from_the_pool_and_gives_back(db,
     assert Price.select().count() == 0
     assert conn.pool_status()["in_use"] == 1 and server_connections(raw, name) == 1
     conn.database.close()
-    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert conn.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
 
 
 def test_importing_marketstore_does_not_connect():

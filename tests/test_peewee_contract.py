@@ -75,7 +75,7 @@ def test_queries_outside_a_session_autoconnect_through_the_pool(pooled, raw):
     assert seen == ["PW", "PW"]
     database.close()
     # This thread's connection and the worker's, both back in the pool.
-    assert pooled.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 2}
+    assert pooled.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 2, "replicas": []}
     assert len(backends(raw, pooled.name)) == 2
 
 
@@ -102,7 +102,7 @@ def test_connection_context_outside_a_session_returns_its_connection(pooled):
             assert Price.select().count() == 0
         assert not database.is_closed()
     assert database.is_closed() and pooled.pool_status() == {
-        "max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+        "max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
 
 
 def test_manual_close_closes_instead_of_pooling(pooled, raw):
@@ -141,7 +141,7 @@ def test_close_stale_closes_connections_checked_out_too_long(pooled):
     assert pooled.pool_status()["in_use"] == 0
     release.set()
     worker.join(10)
-    assert pooled.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 0}
+    assert pooled.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 0, "replicas": []}
 
 
 def test_init_changes_the_pool_limits(pooled):

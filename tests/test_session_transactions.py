@@ -108,7 +108,7 @@ def test_every_outcome_leaves_the_connection_idle_in_the_pool_in_autocommit(db, 
             run()
     pid = seen["pid"]
     assert keys(raw, table) == written
-    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
     assert eventually(lambda: server_state(raw, pid), "idle") == "idle"
     assert database.is_closed() and database.transaction_depth() == 0 and not _in_transaction()
 
@@ -248,7 +248,7 @@ def test_serialization_failure_at_commit_is_retried_by_retry_transaction(db, raw
         cur.execute(f"SELECT last_value FROM {table}_attempts")
         assert cur.fetchone()[0] == 3
         cur.execute(f"DROP FUNCTION {table}_conflict() CASCADE")
-    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert db.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
 
 
 @pytest.mark.skipif(not hasattr(peewee.Database, "after_commit"), reason="after_commit() is new in peewee 4")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import validation as check
 from ..errors import DataValidationError
 from ..models import BacktestResult, config_hash
-from ..repository import BaseRepository
+from ..repository import BaseRepository, reads
 from ._sql import MAX_QUERY_TEXT
 
 _BACKTEST_COLUMNS = ", ".join(f'"{f.column_name}"' for f in BacktestResult._meta.sorted_fields)
@@ -16,6 +16,7 @@ class BacktestResultRepository(BaseRepository[BacktestResult]):
 
     model = BacktestResult
 
+    @reads
     def best_by_metric(self, metric: str, limit: int = 10, descending: bool = True) -> list[BacktestResult]:
         """The ``limit`` best results by the numeric value of ``metrics[metric]``.
 
@@ -42,6 +43,7 @@ class BacktestResultRepository(BaseRepository[BacktestResult]):
                 found += list(BacktestResult.raw(rest, metric, metric, limit - len(found)))
         return found
 
+    @reads
     def recent(self, limit: int = 10) -> list[BacktestResult]:
         """The ``limit`` most recently created results, newest first."""
         limit = check.limit(limit)
@@ -49,6 +51,7 @@ class BacktestResultRepository(BaseRepository[BacktestResult]):
         with self.session("recent"):
             return list(query.limit(limit))
 
+    @reads
     def find_by_config(self, config, *, limit: int = 100) -> list[BacktestResult]:
         """The ``limit`` newest results run with ``config`` (equal as JSON: key order and whitespace ignored)."""
         limit = check.limit(limit)

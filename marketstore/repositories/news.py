@@ -17,7 +17,7 @@ from peewee import JOIN
 from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
-from ..repository import BaseRepository
+from ..repository import BaseRepository, reads
 from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, where
 
 # Everything but the generated search vector: large, and of no use to callers.
@@ -30,6 +30,7 @@ class ArticleRepository(BaseRepository[Article]):
 
     model = Article
 
+    @reads
     def for_symbol(self, symbol: str, since=None, limit: int = 100, *, as_of=None) -> list[Article]:
         """Articles tagged ``symbol``, newest ``published_at`` first (undated last).
 
@@ -46,6 +47,7 @@ class ArticleRepository(BaseRepository[Article]):
         with self.session("for_symbol"):
             return list(query)
 
+    @reads
     def recent(self, limit: int = 100, *, as_of=None) -> list[Article]:
         """The ``limit`` newest articles by ``published_at`` (undated ones after all dated ones)."""
         limit, as_of = check.limit(limit), check.optional_timestamp("as_of", as_of)
@@ -61,6 +63,7 @@ class ArticleRepository(BaseRepository[Article]):
                 found += list(undated.order_by(Article.id.desc()).limit(limit - len(found)))
         return found
 
+    @reads
     def search(self, text: str, limit: int = 20, *, as_of=None) -> list[Article]:
         """Full-text search over title and content, best match first.
 
@@ -128,6 +131,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
 
     model = SentimentScore
 
+    @reads
     def for_article(self, article_id: int, *, limit: int = 100, as_of=None) -> list[SentimentScore]:
         """The first ``limit`` scores of one article, oldest first (none if it was ingested after ``as_of``)."""
         article_id = check.positive_int("article_id", article_id, check.MAX_INT_ID)
@@ -138,6 +142,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         with self.session("for_article"):
             return list(query.order_by(SentimentScore.timestamp, SentimentScore.id).limit(limit))
 
+    @reads
     def average_for_symbol(self, symbol: str, start, end, *, as_of=None) -> float | None:
         """Mean score of the articles tagged ``symbol``, scored in ``[start, end)``; ``None`` if none."""
         symbol = check.required_text("symbol", symbol, 256)
@@ -147,6 +152,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
             (average,) = db.execute_sql("SELECT avg(s.score) " + sql, params).fetchone()
         return average
 
+    @reads
     def timeseries(self, symbol: str, start, end, bucket="1 hour", *, as_of=None) -> list[SentimentBucket]:
         """Per ``bucket`` of score time in ``[start, end)``: mean score and count, oldest first."""
         symbol = check.required_text("symbol", symbol, 256)
@@ -181,17 +187,20 @@ class EventRepository(BaseRepository[Event]):
             conditions += ((Article.ingested_at <= as_of) | (Event.article.is_null() & (Event.timestamp <= as_of)),)
         return where(query, *conditions).order_by(Event.timestamp.desc(), Event.id.desc())
 
+    @reads
     def recent(self, min_severity: int = 1, since=None, limit: int = 100, *, as_of=None) -> list[Event]:
         """The ``limit`` newest events of severity >= ``min_severity`` (since ``since``)."""
         if isinstance(min_severity, bool) or not isinstance(min_severity, int) or not 1 <= min_severity <= 5:
             raise DataValidationError("min_severity", min_severity, "an integer from 1 to 5")
         return self._newest("recent", Event.severity >= min_severity, since, limit, as_of)
 
+    @reads
     def by_type(self, event_type: str, since=None, *, limit: int = 100, as_of=None) -> list[Event]:
         """The ``limit`` newest events of ``event_type`` (since ``since``), newest first."""
         event_type = check.required_text("event_type", event_type, 64)
         return self._newest("by_type", Event.event_type == event_type, since, limit, as_of)
 
+    @reads
     def for_symbol(self, symbol: str, since=None, *, limit: int = 100, as_of=None) -> list[Event]:
         """The ``limit`` newest events whose ``symbols`` contain ``symbol`` (since ``since``)."""
         symbol = check.required_text("symbol", symbol, 256)

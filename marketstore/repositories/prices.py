@@ -15,7 +15,7 @@ import peewee
 from .. import validation as check
 from ..errors import DataValidationError, DuplicateKeyError
 from ..models import Price
-from ..repository import BaseRepository
+from ..repository import BaseRepository, reads
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
@@ -120,6 +120,7 @@ class PriceRepository(BaseRepository[Price]):
 
     model = Price
 
+    @reads
     def get_range(self, symbol: str, start, end, interval: str = "1m", *,
                   as_tuples: bool = False) -> list[Price] | list[tuple]:
         """Bars of ``symbol``/``interval`` with ``start <= timestamp < end``, oldest first.
@@ -139,6 +140,7 @@ class PriceRepository(BaseRepository[Price]):
             rows = db.execute_sql(sql, (symbol, interval, start, end)).fetchall()
         return _utc_rows(rows) if as_tuples else _price_models(rows)
 
+    @reads
     def latest(self, symbol: str, interval: str = "1m") -> Price | None:
         """The newest bar of ``symbol``/``interval``, or ``None``."""
         symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
@@ -147,6 +149,7 @@ class PriceRepository(BaseRepository[Price]):
         with self.session("latest"):
             return query.first()
 
+    @reads
     def latest_for_symbols(self, symbols: Iterable[str], interval: str = "1m") -> dict[str, Price]:
         """``{symbol: newest bar}`` for each of ``symbols`` that has a bar, in one statement.
 
@@ -302,6 +305,7 @@ class PriceRepository(BaseRepository[Price]):
                 progress(found[1])
             yield None if found is None else CsvBody(handle, path, found[0], interval, progress)
 
+    @reads
     def resample(self, symbol: str, start, end, bucket="1 hour", *, interval: str = "1m") -> list[PriceBar]:
         """OHLCV bars of width ``bucket`` built in SQL from the ``interval`` bars in ``[start, end)``.
 
@@ -320,6 +324,7 @@ class PriceRepository(BaseRepository[Price]):
             rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
         return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
 
+    @reads
     def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:
         """The first ``limit`` symbols that have bars, sorted; after ``after`` (the last of a page) when given.
 

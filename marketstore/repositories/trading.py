@@ -8,7 +8,7 @@ from peewee import fn
 from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import ORDER_STATUSES, SIGNAL_TYPES, Order, OrderEvent, TradingSignal
-from ..repository import BaseRepository
+from ..repository import BaseRepository, reads
 from ._sql import page, where
 
 
@@ -17,6 +17,7 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
 
     model = TradingSignal
 
+    @reads
     def latest(self, symbol: str) -> TradingSignal | None:
         """The newest signal for ``symbol``, or ``None``."""
         symbol = check.required_text("symbol", symbol, 32)
@@ -25,6 +26,7 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
         with self.session("latest"):
             return query.first()
 
+    @reads
     def recent(self, limit: int = 100, *, symbol: str | None = None, signal_type: str | None = None,
                since=None, after_id: int | None = None) -> list[TradingSignal]:
         """The ``limit`` newest signals, for ``symbol`` and of ``signal_type`` when given, since ``since``.
@@ -43,12 +45,14 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
         with self.session("recent"):
             return list(page(query, TradingSignal, limit, after_id, newest_first=True))
 
+    @reads
     def by_type(self, signal_type: str, since=None, *, symbol: str | None = None, limit: int = 100,
                 after_id: int | None = None) -> list[TradingSignal]:
         """Signals of ``signal_type`` (buy, sell, hold) since ``since``, newest first (see :meth:`recent`)."""
         signal_type = check.choice("signal_type", signal_type, SIGNAL_TYPES)
         return self.recent(limit, symbol=symbol, signal_type=signal_type, since=since, after_id=after_id)
 
+    @reads
     def in_range(self, symbol: str, start, end, *, limit: int = 100,
                  after_id: int | None = None) -> list[TradingSignal]:
         """Up to ``limit`` signals for ``symbol`` with ``start <= timestamp < end``, oldest first.
@@ -84,12 +88,14 @@ class OrderRepository(BaseRepository[Order]):
 
     model = Order
 
+    @reads
     def get_by_order_id(self, order_id: str) -> Order | None:
         """The order with external id ``order_id``, or ``None``."""
         order_id = check.required_text("order_id", order_id, 64)
         with self.session("get_by_order_id"):
             return Order.select().where(Order.order_id == order_id).first()
 
+    @reads
     def by_status(self, status: str, *, symbol: str | None = None, limit: int = 100,
                   after_id: int | None = None) -> list[Order]:
         """Up to ``limit`` orders in ``status`` (for ``symbol`` when given), oldest first.
@@ -99,11 +105,13 @@ class OrderRepository(BaseRepository[Order]):
         status = check.choice("status", status, ORDER_STATUSES)
         return self._orders("by_status", Order.status == status, symbol, limit, after_id)
 
+    @reads
     def open_orders(self, symbol: str | None = None, *, limit: int = 100,
                     after_id: int | None = None) -> list[Order]:
         """Up to ``limit`` orders not yet final (pending, submitted, partially_filled), oldest first."""
         return self._orders("open_orders", Order.status.in_(OPEN_STATUSES), symbol, limit, after_id)
 
+    @reads
     def for_signal(self, signal_id: int, *, limit: int = 100, after_id: int | None = None) -> list[Order]:
         """Up to ``limit`` orders placed for trading signal ``signal_id``, oldest first."""
         signal_id = check.positive_int("signal_id", signal_id, check.MAX_INT_ID)
@@ -185,6 +193,7 @@ class OrderRepository(BaseRepository[Order]):
                               timestamp=updated.updated_at, note=note).execute()
             return updated
 
+    @reads
     def history(self, order_id: str, *, limit: int = 100) -> list[OrderEvent]:
         """The first ``limit`` moves of order ``order_id``, oldest first (``[]`` for an unknown order)."""
         order_id, limit = check.required_text("order_id", order_id, 64), check.limit(limit)

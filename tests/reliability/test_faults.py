@@ -65,7 +65,7 @@ def test_after_a_server_restart_every_pooled_connection_is_replaced_unseen(clust
     name = store.settings.application_name
     with held_sessions(30) as before:  # fill the pool: 30 open, 10 kept idle afterwards
         assert len(set(before)) == 30
-    assert store.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 10}
+    assert store.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 10, "replicas": []}
 
     cluster.restart(mode)  # immediate: a crash, with WAL recovery at start
 
@@ -201,7 +201,7 @@ def test_killed_idle_connections_are_replaced_at_checkout(store, admin):
         kill_backend(admin, pid)
     for _ in range(10):  # each checkout meets a dead one first
         OrderRepository().count()
-    assert store.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1}
+    assert store.pool_status() == {"max_connections": 30, "pool_size": 10, "in_use": 0, "idle": 1, "replicas": []}
     assert not set(backends(admin, name)) & set(pids)
 
 
