@@ -187,6 +187,9 @@ def health() -> JSONResponse:
 # -- errors ----------------------------------------------------------------------
 # Most specific first: the first class in an error's MRO that is listed wins.
 STATUS = [
+    # A write reached a standby: a primary URL that points at one, or a failover
+    # in progress. Not the client's doing, and over once the primary is back.
+    (errors.ReadOnlyError, 503),
     (errors.DataValidationError, 422),
     (errors.NotFoundError, 404),
     (errors.IntegrityViolation, 409),  # DuplicateKeyError included
@@ -194,10 +197,6 @@ STATUS = [
     (errors.DatabaseConnectionError, 503),  # PoolExhaustedError included
     (errors.MarketstoreError, 500),
 ]
-if hasattr(errors, "ReadOnlyError"):
-    # A write reached a standby: a misconfigured primary URL, or a failover in
-    # progress. Not the client's fault, and over once the primary is back.
-    STATUS.insert(0, (errors.ReadOnlyError, 503))
 
 
 def _jsonable(value):
