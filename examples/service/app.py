@@ -3,7 +3,7 @@
 Run it (configured by the environment, see README.md beside this file)::
 
     MARKETSTORE_DATABASE_URL=postgresql://app@db/market \\
-        uvicorn app:app --app-dir examples/service --workers 4
+        uvicorn app:app --app-dir examples/service --workers 4 --http serving:HTTPProtocol
 
 Every endpoint is a plain ``def``: FastAPI runs it in its thread pool, and
 the whole body runs in one marketstore session (one transaction on one pooled

@@ -42,7 +42,7 @@ class Service:
             with open(log, "w") as out:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(APP_DIR), "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-keep-alive", "30"],
+                     "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-keep-alive", "30", "--http", "serving:HTTPProtocol"],
                     env=clean, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             service = cls(process, port, log, workers)
             if service._wait_started():

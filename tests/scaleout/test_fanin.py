@@ -35,7 +35,7 @@ from pgcluster import Cluster, ClusterUnavailable
 
 CLIENTS = 100  # processes
 THREADS = 4  # concurrent sessions per process
-SESSIONS = 20  # per thread
+SESSIONS = 10  # per thread
 SERVER_MAX_CONNECTIONS = 50
 BOUNCER_POOL = 20  # PgBouncer's default_pool_size
 CLIENT_POOL = {"pool_size": 10, "max_overflow": 20}  # 30 per process: 3,000 in all against 50
@@ -96,7 +96,7 @@ def client(url: str, run: str, index: int, go, results) -> None:
 
         def work(thread: int) -> None:
             for n in range(SESSIONS):
-                kind = "write" if n % 4 == 3 else "read"
+                kind = "write" if n % 4 == 3 else "read"  # three reads to one write
                 try:
                     if kind == "read":
                         with connection.session("fanin read", read_only=True):
@@ -219,7 +219,8 @@ def test_fanin_through_pgbouncer_serves_every_request(small_server, bouncer):
     assert outcome["errors"] == {}, outcome
     assert outcome["served"] == outcome["requests"] == CLIENTS * THREADS * SESSIONS
     # Every write is in the database, moved to submitted: served means committed.
-    assert outcome["stored_orders"] == outcome["submitted_orders"] == outcome["writes"] == outcome["requests"] // 4
+    writes = CLIENTS * THREADS * sum(1 for n in range(SESSIONS) if n % 4 == 3)
+    assert outcome["stored_orders"] == outcome["submitted_orders"] == outcome["writes"] == writes
     # PgBouncer's pool, plus the sampler's own connection.
     assert outcome["max_server_connections"] <= BOUNCER_POOL + 1, outcome
     # The load did reach PgBouncer's limit: it was the bound, not the load's size.
@@ -235,3 +236,87 @@ def test_fanin_straight_to_the_server_runs_out_of_connections(small_server):
     assert outcome["errors"]["DatabaseConnectionError"] > 0
     assert outcome["served"] + outcome["errors"]["DatabaseConnectionError"] == outcome["requests"]
     assert outcome["stored_orders"] == outcome["writes"]  # a refused session wrote nothing
+
+
+# -- the service as the load: uvicorn workers, a bounded concurrent HTTP load ------------------
+SERVICE_WORKERS = 4  # processes, each with a pool of 30: 120 against 50
+HTTP_CLIENTS = 100  # concurrent HTTP clients
+HTTP_ROUNDS = 8  # per client: three reads to one order placed (201) and moved (200)
+
+
+async def http_load(base_url: str, run: str) -> collections.Counter:
+    """``HTTP_CLIENTS`` concurrent clients of the service: ``{status, or error class: count}``."""
+    import asyncio
+
+    import httpx
+
+    outcomes: collections.Counter = collections.Counter()
+    limits = httpx.Limits(max_connections=HTTP_CLIENTS, max_keepalive_connections=HTTP_CLIENTS)
+    async with httpx.AsyncClient(base_url=base_url, timeout=RUN_TIMEOUT, limits=limits) as http:
+        async def request(method: str, path: str, **kwargs) -> bool:
+            try:
+                response = await http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                outcomes[type(exc).__name__] += 1
+                return False
+            outcomes[response.status_code] += 1
+            if response.status_code >= 300:
+                outcomes[response.json().get("error", "?")] += 1
+            return response.status_code < 300
+
+        async def one(client: int) -> None:
+            for n in range(HTTP_ROUNDS):
+                symbol, start = SYMBOLS[n % 5], T0 + dt.timedelta(minutes=n)
+                if n % 4 == 3:
+                    order_id = f"{run}-{client}-{n}"
+                    if await request("POST", "/orders", json={"order_id": order_id, "symbol": symbol,
+                                                              "order_type": "market", "side": "sell", "quantity": "2"}):
+                        await request("POST", f"/orders/{order_id}/transition", json={"status": "submitted"})
+                elif n % 2:
+                    await request("GET", "/prices/latest", params={"symbols": ",".join(SYMBOLS)})
+                else:
+                    await request("GET", f"/prices/{symbol}", params={
+                        "start": start.isoformat(), "end": (start + dt.timedelta(minutes=10)).isoformat()})
+
+        await asyncio.gather(*(one(c) for c in range(HTTP_CLIENTS)))
+    return outcomes
+
+
+@pytest.mark.slow
+def test_service_workers_through_pgbouncer_serve_every_request(small_server, bouncer):
+    """examples/service as the load: uvicorn workers with pooler=transaction, through PgBouncer."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("httpx")
+    import asyncio
+
+    from service_process import Service
+
+    env = {"MARKETSTORE_DATABASE_URL": bouncer.url(DBNAME), "MARKETSTORE_POOLER": "transaction",
+           "MARKETSTORE_APPLICATION_NAME": "fanin-service"}
+    service = Service.start(env, workers=SERVICE_WORKERS)
+    run = uuid.uuid4().hex[:8]
+    try:
+        sampler = Sampler(small_server.url(DBNAME), bouncer.admin_url())
+        sampler.start()
+        started = time.monotonic()
+        try:
+            outcomes = asyncio.run(asyncio.wait_for(http_load(service.url, run), RUN_TIMEOUT))
+        finally:
+            duration = time.monotonic() - started
+            peaks = sampler.stop()
+    finally:
+        service.stop()
+    conn = psycopg2.connect(small_server.url(DBNAME))
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE status = 'submitted'), count(*) FROM orders "
+                    "WHERE order_id LIKE %s", (f"{run}-%",))
+        submitted, stored = cur.fetchone()
+    conn.close()
+    print(f"\nservice fan-in: {dict(outcomes)} in {duration:.1f} s, {peaks}")
+    writes = HTTP_CLIENTS * (HTTP_ROUNDS // 4)
+    reads = HTTP_CLIENTS * HTTP_ROUNDS - writes
+    # Every read answered, every order placed (201) and moved (200): nothing else.
+    assert dict(outcomes) == {200: reads + writes, 201: writes}, (outcomes, peaks)
+    assert submitted == stored == writes
+    assert peaks["max_server_connections"] <= BOUNCER_POOL + 1, peaks
