@@ -9,12 +9,16 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import decimal
+import time
+import uuid
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+
+import psycopg2  # noqa: E402
 
 import marketstore  # noqa: E402
 from pgcluster import free_port  # noqa: E402
@@ -240,3 +244,65 @@ def test_one_session_per_request_in_the_endpoints_thread(db):
     finally:
         service_app.app.router.routes[:] = [r for r in service_app.app.router.routes
                                             if getattr(r, "path", "") != "/_probe"]
+
+
+# -- with a streaming standby (the scale-out fixtures) ----------------------------------------
+def standby_connections(standby, application_name: str) -> int:
+    conn = psycopg2.connect(standby.url())
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_reads_are_served_by_the_replica(primary_url, standby):
+    """MARKETSTORE_REPLICA_URLS: the read endpoints reach the standby, the writes the primary."""
+    env = {"MARKETSTORE_DATABASE_URL": primary_url, "MARKETSTORE_REPLICA_URLS": standby.url(),
+           "MARKETSTORE_MAX_REPLICA_LAG": "5", "MARKETSTORE_APPLICATION_NAME": "mst_service_replica"}
+    symbol = f"R{uuid.uuid4().hex[:6].upper()}"
+    conn = psycopg2.connect(primary_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
+                    "VALUES (%s, %s, 10, 11, 9, 10.5, 1)", (symbol, T0))
+    conn.close()
+    standby.caught_up()
+    service = Service.start(env, workers=1)
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            # The replica's WAL position is sampled (from the first read on), not asked
+            # per read: until a sample shows it within the bound, the primary serves.
+            deadline = time.monotonic() + 10
+            while standby_connections(standby, "mst_service_replica") == 0 and time.monotonic() < deadline:
+                latest = client.get("/prices/latest", params={"symbols": symbol})
+                assert latest.json()[symbol]["close"] == "10.50000000"
+                time.sleep(0.2)
+            assert standby_connections(standby, "mst_service_replica") >= 1
+            health = client.get("/health").json()
+            (replica,) = health["pool"]["replicas"]
+            assert replica["healthy"] is True and replica["lag_seconds"] is not None, health
+            assert str(standby.port) in replica["url"]
+            order_id = f"replica-{uuid.uuid4().hex[:8]}"
+            placed = client.post("/orders", json={"order_id": order_id, "symbol": symbol, "order_type": "market",
+                                                  "side": "buy", "quantity": 1})
+            assert placed.status_code == 201, placed.text  # the write went to the primary
+    finally:
+        service.stop()
+
+
+def test_a_write_that_reaches_a_standby_is_503(standby):
+    """A primary URL that points at a standby (a failover in progress): reads work, writes get 503."""
+    env = {"MARKETSTORE_DATABASE_URL": standby.url(), "MARKETSTORE_POOL_TIMEOUT": "5"}
+    service = Service.start(env, workers=1)
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            assert client.get("/prices/latest", params={"symbols": "AAA"}).status_code == 200
+            response = client.post("/orders", json={"order_id": "on-standby", "symbol": "AAA",
+                                                    "order_type": "market", "side": "buy", "quantity": 1})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "ReadOnlyError"
+            assert response.headers["retry-after"] == "1"
+            assert "read-only transaction" in response.json()["message"]
+    finally:
+        service.stop()
