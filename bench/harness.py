@@ -85,6 +85,7 @@ class Comparison:
     targets: list[Target] = field(default_factory=list)
     warmup: bool = True  # heavy writes skip it: every sample is already a full load
     sample_seconds: float = 0.25  # light operations repeat inside a sample up to this long
+    min_repeat: int = 0  # samples per contender at least (small differences need more), except --quick
     findings: list[Finding] = field(default_factory=list)
 
     def medians(self) -> dict[str, float]:

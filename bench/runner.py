@@ -7,12 +7,12 @@ import sys
 import time
 import traceback
 
-from . import report
+from . import report, scaleout  # noqa: F401 - scaleout registers its case
 from .cases import CASES
 from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
-ORDER = ("ingest", "upsert", "scaling", "range", "latest", "resample", "sessions")
+ORDER = ("ingest", "upsert", "scaling", "range", "latest", "resample", "sessions", "scaleout")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,
@@ -28,7 +28,8 @@ def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,
         try:
             for comparison in CASES[name](ctx):
                 ctx.log(f"-- {comparison.title}")
-                measure(comparison, ctx.repeat, ctx.log if verbose else lambda _: None, quick=ctx.quick)
+                repeat = ctx.repeat if ctx.quick else max(ctx.repeat, comparison.min_repeat)
+                measure(comparison, repeat, ctx.log if verbose else lambda _: None, quick=ctx.quick)
                 measured.append(comparison)
         except Exception as exc:
             if strict:

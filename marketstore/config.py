@@ -207,9 +207,12 @@ def load_settings(url: str | None = None, environ: Mapping[str, str] | None = No
             values[name] = _parse(var, kind, env[var])
         else:
             values[name] = default
-    if values["pooler"] and "options" in params:
+    if values["pooler"]:
         # PgBouncer refuses the startup packet outright ("unsupported startup parameter").
-        raise ConfigurationError("options (in the URL): not allowed with pooler='transaction'; "
-                                 "PgBouncer refuses it at connect")
+        for where, given in [("the URL", params)] + [(f"replica URL #{n}", parse_url(u))
+                                                      for n, u in enumerate(values["replica_urls"], 1)]:
+            if "options" in given:
+                raise ConfigurationError(f"options (in {where}): not allowed with pooler='transaction'; "
+                                         "PgBouncer refuses it at connect")
     return Settings(connect_params=params, **values)
 

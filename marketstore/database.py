@@ -210,7 +210,12 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
                 # Behind a transaction pooler: BEGIN and the SET LOCALs in one
                 # round trip (as many as psycopg2's own BEGIN), on an autocommit
                 # connection; COMMIT/ROLLBACK are sent as SQL too.
-                state.sql_begin = begin[bool(read_only)]
+                # PgBouncer keeps a client's TimeZone (a tracked parameter) on every
+                # server connection it lends it, so when this connection already
+                # reports UTC the SET LOCAL is skipped (measured: ~25 us of a ~300 us
+                # transaction through PgBouncer).
+                utc = conn.get_parameter_status("TimeZone") in _UTC_NAMES
+                state.sql_begin = begin[bool(read_only), utc]
                 with conn.cursor() as cursor:
                     cursor.execute(state.sql_begin)
             state.ctx.append(_SESSION)
@@ -301,13 +306,22 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
             super().rollback()
 
 
-def _begin_statements(settings: dict | None) -> tuple[str, str] | None:
-    """``(BEGIN, BEGIN READ ONLY)``, each with ``SET LOCAL`` of ``settings``; ``None`` without."""
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
+
+
+def _begin_statements(settings: dict | None) -> dict | None:
+    """``{(read_only, utc_already): statement}``: ``BEGIN [READ ONLY]`` with a ``SET LOCAL``
+    per setting (the time zone left out when the connection is in UTC already); ``None`` without."""
     if settings is None:
         return None
-    sets = "".join(f"; SET LOCAL {name} = '{str(value).replace(chr(39), chr(39) * 2)}'"
-                   for name, value in settings.items())
-    return "BEGIN" + sets, "BEGIN READ ONLY" + sets
+    statements = {}
+    for read_only in (False, True):
+        for utc in (False, True):
+            sets = "".join(f"; SET LOCAL {name} = '{str(value).replace(chr(39), chr(39) * 2)}'"
+                           for name, value in settings.items()
+                           if not (utc and name == "timezone" and value in _UTC_NAMES))
+            statements[read_only, utc] = ("BEGIN READ ONLY" if read_only else "BEGIN") + sets
+    return statements
 
 
 def _wait(timeout: float | None) -> float:

@@ -68,6 +68,16 @@ class _Server:
         self.sampled_at: float | None = None
 
 
+class _ThreadState(threading.local):
+    """Per thread: the replica database of the open session, the routed-read mode, the last replica used."""
+
+    # Class attributes as defaults: a missing attribute of a threading.local
+    # would cost an AttributeError per lookup on the hot path.
+    db = None
+    mode: str | None = None
+    served = None
+
+
 class ReplicaSet:
     """The standbys of one :class:`~marketstore.connection.DatabaseConnection` and their sampler.
 
@@ -87,8 +97,9 @@ class ReplicaSet:
         self._history: tuple[tuple, tuple] = ((), ())  # (times, lsns), replaced whole (lock-free reads)
         self._last_write = float("-inf")
         self._turn = itertools.count()
-        self._local = threading.local()
+        self._local = _ThreadState()
         self._lock = threading.Lock()
+        self._health_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -128,7 +139,7 @@ class ReplicaSet:
 
     def read_mode(self) -> str | None:
         """``"replica"`` or ``"primary"`` inside :meth:`begin_read`/:meth:`end_read` in this thread, else ``None``."""
-        return getattr(self._local, "mode", None)
+        return self._local.mode
 
     def begin_read(self, primary: bool = False) -> None:
         """Sessions opened outermost in this thread are routed reads (``primary``: on the primary) until :meth:`end_read`."""
@@ -140,11 +151,11 @@ class ReplicaSet:
 
     def served(self):
         """The replica database that served this thread's last routed session, or ``None``."""
-        return getattr(self._local, "served", None)
+        return self._local.served
 
     def session_db(self):
         """The replica database of this thread's open session, or ``None``."""
-        return getattr(self._local, "db", None)
+        return self._local.db
 
     def failed(self, db, exc: BaseException) -> None:
         """A session could not be served by the replica of ``db``: left out until a sample succeeds."""
@@ -153,8 +164,9 @@ class ReplicaSet:
                 self._down(replica, exc)
 
     def _down(self, server: _Server, exc: BaseException) -> None:
-        if server.healthy:
-            server.healthy = False
+        with self._health_lock:  # one warning when several threads see it fail at once
+            was, server.healthy = server.healthy, False
+        if was:
             lines = str(exc).strip().splitlines()
             reason = lines[0] if lines else type(exc).__name__  # libpq's messages carry no password
             if server.db is not None:
@@ -259,10 +271,10 @@ class ReplicaSet:
     def _after_fork(self) -> None:
         # The parent's threads did not survive; the child starts its own sampler
         # (with connections of its own) at its first pick().
-        self._lock = threading.Lock()
+        self._lock, self._health_lock = threading.Lock(), threading.Lock()
         self._stop = threading.Event()
         self._threads, self._running = [], False
-        self._local = threading.local()
+        self._local = _ThreadState()
 
 
 def _close(conn) -> None:

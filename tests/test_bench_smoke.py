@@ -53,6 +53,7 @@ def test_every_case_runs_and_every_contender_is_checked(results):
     ("resample", "resample 200 minute bars to 4 hourly bars"),
     ("sessions", "4 threads x 200 short transactions"),
     ("scaling", f"copy_from(CSV file) of {SMOKE_ROWS:,} rows"),
+    ("scaleout", "one PriceRepository.latest() read, primary vs routed to a caught-up replica"),
 ])
 def test_each_case_measured_the_expected_work(results, case, title):
     _, done, _ = results
