@@ -19,6 +19,8 @@ from marketstore.errors import QueryError, ReadOnlyError
 from marketstore.migrations import migrations_dir
 from marketstore.models import MODELS
 
+from cli_helpers import fails, run
+
 MIGRATIONS = sorted(path.stem for path in migrations_dir().glob("[0-9][0-9][0-9]_*.py"))
 # The tables whose models declare CHECK constraints: the comparisons a standby cannot make.
 CHECKED_TABLES = sorted(m._meta.table_name for m in MODELS
@@ -150,3 +152,13 @@ def test_verify_schema_without_the_temp_privilege_says_so(primary, scratch, conn
             assert "not compared: permission denied to create temporary tables" in problem, problem
     finally:
         execute(primary.url(scratch), f'DROP ROLE IF EXISTS {role}')
+
+
+def test_cli_on_a_standby(standby):
+    """``marketstore migrate`` refuses in one line; ``verify`` lists what it could not compare."""
+    line = fails("migrate", "--database", standby.url())
+    assert "is a standby (in recovery): run migrations on the primary" in line
+    result = run("verify", "--database", standby.url())
+    assert result.exit_code == 1
+    shown = [line for line in result.output.splitlines() if "not compared" in line]
+    assert sorted(line.split(":")[0] for line in shown) == CHECKED_TABLES
