@@ -68,16 +68,10 @@ def in_session(*, read_only: bool):
     """
     def decorate(endpoint):
         operation = endpoint.__name__
-        if read_only:
-            def open_session():
-                return marketstore.get_db_session(operation, read_only=True)
-        else:
-            def open_session():
-                return marketstore.get_db_session(operation)
 
         @functools.wraps(endpoint)
         def run(*args, **kwargs):
-            with open_session():
+            with marketstore.get_db_session(operation, read_only=read_only):
                 return endpoint(*args, **kwargs)
 
         return run
