@@ -6,6 +6,9 @@ the original SQLAlchemy design: 10 kept, 20 overflow, 30 s wait, 1 h recycle,
 pre-ping) and hands out sessions on it. Inside a session, the models'
 ``database_proxy`` resolves to that database, so a repository given its own
 connection runs every query there; :data:`db_connection` is the default.
+With ``replica_urls``, read-only sessions and repository reads are served by a
+standby within ``max_replica_lag`` (:mod:`marketstore.replicas`); with
+``pooler="transaction"``, nothing session-scoped reaches a PgBouncer.
 """
 from __future__ import annotations
 

@@ -168,7 +168,8 @@ def translate(exc: BaseException, context: str = "") -> MarketstoreError:
         return DatabaseConnectionError(text)
     if code in _SERIALIZATION_CODES:
         return SerializationFailure(text)
-    if code == _READ_ONLY_CODE or (code in _RECOVERY_CODES and ("recovery" in text or "read-only" in text)):
+    first = message[0] if message else ""
+    if code == _READ_ONLY_CODE or (code in _RECOVERY_CODES and ("recovery" in first or "read-only" in first)):
         return ReadOnlyError(text)
     if code.startswith("23") or isinstance(exc, (peewee.IntegrityError, psycopg2.IntegrityError)):
         detail = getattr(getattr(driver, "diag", None), "message_detail", None)

@@ -53,3 +53,21 @@ def test_repr_masks_replica_passwords():
     assert "replica-pw" not in shown and "primary-pw" not in shown
     assert "postgresql://app:***@r1:5432/market" in shown
     assert settings.for_replica(settings.replica_urls[0]).connect_params["host"] == "r1"
+
+
+def test_read_only_sqlstates_translate_to_read_only_error():
+    import psycopg2.errors
+
+    from marketstore import QueryError, ReadOnlyError
+    from marketstore.errors import translate
+
+    class Fake(psycopg2.errors.ReadOnlySqlTransaction):  # the driver's class for SQLSTATE 25006
+        pgcode = "25006"
+
+    assert type(translate(Fake("cannot execute INSERT in a read-only transaction"), "create Price")) is ReadOnlyError
+
+    class Recovery(psycopg2.errors.FeatureNotSupported):
+        pgcode = "0A000"
+
+    assert type(translate(Recovery("cannot execute X during recovery"))) is ReadOnlyError
+    assert type(translate(Recovery("window functions are not allowed here"), "recovery report")) is QueryError
