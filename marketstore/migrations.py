@@ -15,7 +15,7 @@ from peewee_migrate import Router
 from playhouse.postgres_ext import ArrayField
 
 from .connection import DatabaseConnection, db_connection
-from .errors import DRIVER_ERRORS
+from .errors import DRIVER_ERRORS, ReadOnlyError, driver_error
 from .models import MODELS
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key: two services deploying at once apply migrations
 # one after the other instead of racing on CREATE TABLE.
 MIGRATION_LOCK_KEY = 0x6D61726B6574  # "market"
+# peewee-migrate's history table (its default name, passed explicitly so that
+# the plain SELECT of _history() reads the table the router writes).
+MIGRATE_TABLE = "migratehistory"
 
 _PG_TYPES = {
     "AUTO": "integer", "BIGAUTO": "bigint", "INT": "integer", "BIGINT": "bigint",
@@ -61,18 +64,26 @@ class DatabaseMigration:
         self.connection = connection or db_connection
 
     def _router(self, db) -> Router:
-        return Router(db, migrate_dir=migrations_dir(), logger=logger)
+        return Router(db, migrate_dir=migrations_dir(), migrate_table=MIGRATE_TABLE, logger=logger)
 
     def migrate(self) -> list[str]:
-        """Apply every pending migration in one transaction; returns their names."""
+        """Apply every pending migration in one transaction; returns their names.
+
+        Raises ``ReadOnlyError`` (nothing done) when the server is a standby.
+        """
         with self.connection.session("migrate") as db:
+            self._refuse_standby(db, "migrate")
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             return self._router(db).run()
 
     def rollback(self, steps: int = 1) -> list[str]:
-        """Undo the last ``steps`` applied migrations; returns their names."""
+        """Undo the last ``steps`` applied migrations; returns their names.
+
+        Raises ``ReadOnlyError`` (nothing done) when the server is a standby.
+        """
         undone = []
         with self.connection.session("rollback") as db:
+            self._refuse_standby(db, "rollback")
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             for _ in range(steps):
                 router = self._router(db)  # its cached state is stale after each step
@@ -82,29 +93,46 @@ class DatabaseMigration:
                 router.rollback()
         return undone
 
+    def _refuse_standby(self, db, operation: str) -> None:
+        # Checked first, before the advisory lock and before peewee-migrate's
+        # CREATE TABLE IF NOT EXISTS of its history, which a standby refuses
+        # with a bare 25006 that would not say why.
+        if _in_recovery(db):
+            raise ReadOnlyError(f"{operation}: {self.connection.settings.safe_url()} is a standby "
+                                "(in recovery): run migrations on the primary")
+
     def applied(self) -> list[str]:
-        """Names of the migrations recorded in the database."""
+        """Names of the migrations recorded in the database, oldest first.
+
+        Only reads: works on a standby, and a database without the history
+        table has nothing applied (the table is not created).
+        """
         with self.connection.session("applied") as db:
-            return self._router(db).done
+            return _history(db)
 
     def pending(self) -> list[str]:
-        """Names of the migration files not yet applied."""
+        """Names of the migration files not yet applied (only reads, as :meth:`applied`)."""
         with self.connection.session("pending") as db:
-            return self._router(db).diff
+            done = set(_history(db))
+        return [name for name in self._router(db).todo if name not in done]
 
     def verify_schema(self) -> list[str]:
         """Differences between the models and the live database; ``[]`` when healthy.
 
         Checks tables, columns (type, nullability), indexes (name, columns,
-        uniqueness, method) and named CHECK / FOREIGN KEY constraints.
+        uniqueness, method) and named CHECK / FOREIGN KEY constraints. Only
+        reads, so it runs on a standby too; a comparison that cannot be made
+        there (or without the TEMP privilege) is returned as an entry saying
+        ``... not compared: <why>``, so the result is never ``[]`` unchecked.
         """
         problems: list[str] = []
         with self.connection.session("verify_schema") as db:
+            standby = _in_recovery(db)
             for model in MODELS:
-                problems += self._verify_table(db, model)
+                problems += self._verify_table(db, model, standby)
         return problems
 
-    def _verify_table(self, db, model) -> list[str]:
+    def _verify_table(self, db, model, standby: bool) -> list[str]:
         table = model._meta.table_name
         cursor = db.execute_sql(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
@@ -160,7 +188,7 @@ class DatabaseMigration:
         for name in checks:
             if constraints.pop(name, None) is None:
                 problems.append(f"{table}: check constraint {name} missing")
-        problems += _verify_check_definitions(db, table, checks)
+        problems += _verify_check_definitions(db, table, checks, standby)
         actions = {"CASCADE": "c", "SET NULL": "n", "RESTRICT": "r", None: "a"}
         for field in model._meta.refs:
             name = f"{table}_{field.column_name}_fkey"
@@ -195,15 +223,21 @@ def _verify_default(db, column: str, kind: str, expected: str | None, live: str 
     return [] if same else [f"{column}: default is {live}, expected {expected}"]
 
 
-def _verify_check_definitions(db, table: str, checks: dict[str, str]) -> list[str]:
+def _verify_check_definitions(db, table: str, checks: dict[str, str], standby: bool) -> list[str]:
     """Compare CHECK definitions as PostgreSQL prints them.
 
     The model's expressions are added to a temporary copy of the table inside a
     savepoint that is rolled back, so PostgreSQL normalises both sides alike.
-    Needs the TEMP privilege; without it (or on a read replica) it is skipped.
+    That is a write: on a standby (any temporary table is refused there,
+    SQLSTATE 25006) or without the TEMP privilege the definitions are not
+    compared, and one entry says so instead.
     """
     if not checks:
         return []
+    not_compared = f"{table}: check constraint definitions ({', '.join(checks)}) not compared: "
+    if standby:
+        return [not_compared + "the server is a standby (in recovery), where the temporary table "
+                "that normalises them cannot be created; run verify on the primary"]
     scratch = f"_verify_{table}"
     live_sql = ("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
                 "WHERE conrelid = %s::regclass AND contype = 'c'")
@@ -216,7 +250,7 @@ def _verify_check_definitions(db, table: str, checks: dict[str, str]) -> list[st
             savepoint.rollback()
     except DRIVER_ERRORS as exc:
         logger.warning("verify_schema: CHECK definitions of %s not compared: %s", table, exc)
-        return []
+        return [not_compared + str(driver_error(exc) or exc).strip().splitlines()[0]]
     live = dict(db.execute_sql(live_sql, (table,)).fetchall())
     problems = []
     for name, definition in expected.items():
@@ -226,11 +260,29 @@ def _verify_check_definitions(db, table: str, checks: dict[str, str]) -> list[st
     return problems
 
 
+def _in_recovery(db) -> bool:
+    return db.execute_sql("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
+def _history(db) -> list[str]:
+    """The applied migrations, read with a plain SELECT.
+
+    peewee-migrate's router creates its history table (IF NOT EXISTS) before
+    reading it: a write, refused on a standby. A missing table means nothing
+    applied.
+    """
+    if db.execute_sql("SELECT to_regclass(%s)", (MIGRATE_TABLE,)).fetchone()[0] is None:
+        return []
+    return [name for (name,) in db.execute_sql(f'SELECT name FROM "{MIGRATE_TABLE}" ORDER BY id').fetchall()]
+
+
 def run_migrations(url: str | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied.
 
     With ``url``, a private one-connection pool is used and closed; without,
     the module-level connection (initialized from the environment if needed).
+    Raises ``ReadOnlyError`` before changing anything when the server is a
+    standby (``pg_is_in_recovery()``).
     """
     if url is None:
         if not db_connection.is_initialized:
