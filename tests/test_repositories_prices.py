@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import marketstore
 from marketstore import DataValidationError, DuplicateKeyError, IntegrityViolation, PriceRepository
 from marketstore.repositories import BUCKET_ORIGIN, PriceBar
-from marketstore.repositories._copy import copy_line, fast_copy_line, price_row
+from marketstore.repositories._copy import copy_line, line_formatter, price_row
 
 from helpers import count_rows
 
@@ -806,4 +806,4 @@ def test_fast_row_check_takes_the_common_row():
     """The fast path is really taken for the rows callers pass (else the test above proves little)."""
     for row in (bar("AAA", 0), {k: v for k, v in bar("AAA", 1).items() if k != "interval"},
                 dict(bar("AAA", 2), timestamp=(T0 + MINUTE).replace(tzinfo=None))):
-        assert fast_copy_line(row, set(), set()) == _full_line(row)
+        assert line_formatter()(row) == _full_line(row)

@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import sys
 from decimal import Decimal
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import psycopg2
 
@@ -72,7 +72,7 @@ _MAX_LINE = 1024  # longer: a number of thousands of digits, which the server ma
 
 
 def number_types() -> tuple[frozenset, frozenset]:
-    """The types of numbers :func:`fast_copy_line` sends as they print: ``(by format(), by str())``.
+    """The types of numbers :func:`line_formatter` sends as they print: ``(by format(), by str())``.
 
     ``format(x, "")`` of int, float, Decimal and numpy's float64 and integers
     is their ``str()``; numpy's other floats format as float64 (0.1 as a
@@ -106,9 +106,8 @@ def _number_texts(values: tuple, printed: frozenset, direct: frozenset) -> tuple
     return tuple(out)
 
 
-def fast_copy_line(data, symbols: set, intervals: set, default: str = DEFAULT_INTERVAL,
-                   numbers: tuple[frozenset, frozenset] | None = None) -> str | None:
-    """The COPY line of a row, or ``None``: then :func:`price_row` decides.
+def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | None]:
+    """A function giving the COPY line of a row, or ``None``: then :func:`price_row` decides.
 
     The line is built without judging any value: the table's CHECK
     constraints and column types hold the rules of ``Price.validate`` (NaN
@@ -116,69 +115,86 @@ def fast_copy_line(data, symbols: set, intervals: set, default: str = DEFAULT_IN
     ``numeric(24, 8)``, which also rounds past 8 decimals as validation does),
     and :class:`RowStream` turns a refusal back into validation's own error.
     What is checked here is what the server would read differently from
-    validation: only a ``dict`` of the price columns (``interval`` optional)
-    or a tuple/list in ``PRICE_COLUMNS`` order, numbers of the
-    :func:`number_types` or plain numeric strings, a ``datetime`` (pandas'
-    ``Timestamp`` too; any other timestamp goes through validation's own
-    conversion), and a symbol and interval matching their patterns (so no
-    tab, newline or backslash breaks the COPY format; checked once per
-    distinct value: ``symbols``/``intervals`` remember the ones seen).
+    validation: only a ``dict`` of the price columns (``interval`` optional,
+    else ``default``) or a tuple/list in ``PRICE_COLUMNS`` order, numbers of
+    the :func:`number_types` or plain numeric strings, a ``datetime``
+    (pandas' ``Timestamp`` too; any other timestamp goes through
+    validation's own conversion), and a symbol and interval matching their
+    patterns (so no tab, newline or backslash breaks the COPY format).
+    Symbols and intervals are matched once per distinct value, and a
+    timestamp shared by consecutive rows (a feed's bars of one minute) is
+    formatted once.
     """
-    try:
-        kind = type(data)
-        if kind is dict:
-            size = len(data)
-            if size == 8:
-                iv = data["interval"]
-            elif size == 7:
-                iv = default
+    symbols, intervals = set(), {default}
+    direct, printed = number_types()
+    last_ts = last_stamp = None
+
+    def line(data) -> str | None:
+        nonlocal last_ts, last_stamp
+        try:
+            kind = type(data)
+            if kind is dict:
+                size = len(data)
+                if size == 8:
+                    iv = data["interval"]
+                elif size == 7:
+                    iv = default
+                else:
+                    return None
+                s, ts, o, h, lo, c, v = (data["symbol"], data["timestamp"], data["open"], data["high"],
+                                         data["low"], data["close"], data["volume"])
+            elif kind is tuple or kind is list:
+                size = len(data)
+                if size == 8:
+                    s, ts, o, h, lo, c, v, iv = data
+                elif size == 7:
+                    s, ts, o, h, lo, c, v = data
+                    iv = default
+                else:
+                    return None
             else:
                 return None
-            s, ts, o, h, lo, c, v = (data["symbol"], data["timestamp"], data["open"], data["high"], data["low"],
-                                     data["close"], data["volume"])
-        elif kind is tuple or kind is list:
-            size = len(data)
-            if size == 8:
-                s, ts, o, h, lo, c, v, iv = data
-            elif size == 7:
-                s, ts, o, h, lo, c, v = data
-                iv = default
+            if not (type(o) in direct and type(h) in direct and type(lo) in direct and type(c) in direct
+                    and type(v) in direct):
+                texts = _number_texts((o, h, lo, c, v), printed, direct)
+                if texts is None:
+                    return None
+                o, h, lo, c, v = texts
+            if s not in symbols:
+                if type(s) is not str or not _SYMBOL_RE.fullmatch(s):
+                    return None
+                symbols.add(s)
+            if iv not in intervals:
+                if type(iv) is not str or not _INTERVAL_RE.fullmatch(iv):
+                    return None
+                intervals.add(iv)
+            if ts is last_ts:
+                stamp = last_stamp
             else:
-                return None
-        else:
+                stamp = _stamp(ts)
+                last_ts, last_stamp = ts, stamp
+            text = f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\n"
+        except (LookupError, TypeError, ValueError, ArithmeticError):  # DataValidationError, >4300 digits...
             return None
-        direct, printed = numbers or number_types()
-        if not (type(o) in direct and type(h) in direct and type(lo) in direct and type(c) in direct
-                and type(v) in direct):
-            texts = _number_texts((o, h, lo, c, v), printed, direct)
-            if texts is None:
-                return None
-            o, h, lo, c, v = texts
-        if s not in symbols:
-            if type(s) is not str or not _SYMBOL_RE.fullmatch(s):
-                return None
-            symbols.add(s)
-        if iv not in intervals:
-            if type(iv) is not str or not _INTERVAL_RE.fullmatch(iv):
-                return None
-            intervals.add(iv)
-        if not isinstance(ts, dt.datetime):  # numpy.datetime64, ISO text: validation's conversion
-            ts = timestamp("timestamp", ts)
-        tz = ts.tzinfo
-        if tz is UTC:
-            stamp = ts.isoformat()
-        elif tz is None:
-            stamp = ts.isoformat() + "+00:00"
-        else:
-            stamp = ts.astimezone(UTC).isoformat()
-        line = f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\n"
-    except (LookupError, TypeError, ValueError, ArithmeticError):  # DataValidationError, overflow, >4300 digits
-        return None
-    # 'E-': a Decimal such as 1E-20000, which validation rounds to 0 and the server refuses
-    # (a float prints 'e-', at most e-324: read alike). Rare: those rows take price_row.
-    if len(line) > _MAX_LINE or "E-" in line:
-        return None
+        # 'E-': a Decimal such as 1E-20000, which validation rounds to 0 and the server refuses
+        # (a float prints 'e-', at most e-324: read alike). Rare: those rows take price_row.
+        if len(text) > _MAX_LINE or "E-" in text:
+            return None
+        return text
+
     return line
+
+
+def _stamp(ts) -> str:
+    """A timestamp as ISO text with its zone (naive = UTC), as validation reads it."""
+    if not isinstance(ts, dt.datetime):  # numpy.datetime64, ISO text: validation's conversion
+        ts = timestamp("timestamp", ts)
+    tz = ts.tzinfo
+    if tz is UTC:
+        return ts.isoformat()
+    if tz is None:
+        return ts.isoformat() + "+00:00"
+    return ts.astimezone(UTC).isoformat()  # OverflowError past the year 9999 in UTC: the caller catches it
 
 
 # A server refusal names the COPY's line (and column) only in its context text.
@@ -253,12 +269,11 @@ class RowStream:
     def _chunk(self) -> str:
         lines = []
         count = self._rows_per_read if self._rows_per_copy is None else min(self._rows_per_read, self._left)
-        fast, symbols, intervals, interval, numbers = (fast_copy_line, self._symbols, self._intervals,
-                                                       self._interval, self._numbers)
+        fast, interval = self._fast, self._interval
         keep = None if self._indexed else self._kept.append
         source, data = self._source, self._next
         for _ in range(count):
-            line = fast(data, symbols, intervals, interval, numbers)
+            line = fast(data)
             if line is None:
                 try:
                     line = copy_line(price_row(data, interval))
@@ -312,7 +327,7 @@ class RowStream:
         """COPY every row into ``table`` on the session's connection; returns the number of rows."""
         self._source = iter(self._rows)
         self._next = next(self._source, _END)
-        self._symbols, self._intervals, self._numbers = set(), {self._interval}, number_types()
+        self._fast = line_formatter(self._interval)
         sql = f"COPY {table} ({COPY_COLUMNS}) FROM STDIN"
         while True:
             self._first, self._kept, self._left = self.rows, [], self._rows_per_copy or 0
