@@ -187,8 +187,10 @@ def _int_bound(field: Field) -> int:
 
 
 def _number(name: str, value, field: Field):
-    # numbers.Real: numpy's scalars too (not numpy.bool_, which is no number, like bool).
-    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str, numbers.Real)):
+    # numbers.Real: numpy's integers and floats too; not numpy.bool_ (no number, like bool) nor
+    # numpy.timedelta64, which numpy registers as an integer.
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str, numbers.Real)) \
+            or getattr(getattr(value, "dtype", None), "kind", "f") not in "iuf":
         _fail(name, value, "a number")
     if isinstance(field, DecimalField):
         try:

@@ -107,7 +107,8 @@ BAD_NUMBERS = [0, -1, -0.5, float("nan"), float("inf"), float("-inf"), Decimal("
                Decimal("Infinity"), Decimal("1E-20000"), Decimal("1E-9"), Decimal("5E-9"), 10**16, 10**20,
                1e16, Decimal("9999999999999999.999999999"), 0.000000004, 0.000000005, True, False, None,
                "NaN", "1e5", " 7 ", "1_0", "abc", "", "\t5", np.bool_(True), np.float64("nan"),
-               np.float32("inf"), np.int64(-3), np.float64(1e300), [], b"1", Decimal("-0"), -0.0]
+               np.float32("inf"), np.int64(-3), np.float64(1e300), np.timedelta64(5, "s"), np.complex128(1), [], b"1",
+               Decimal("-0"), -0.0]
 BAD_STAMPS = [None, dt.date(2024, 1, 2), pd.NaT, np.datetime64("NaT"), 1_700_000_000, "yesterday",
               dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=5))),
               dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=5))), np.datetime64("12000-01-01")]
@@ -265,8 +266,20 @@ def test_the_natural_types_take_the_fast_path():
         assert line(row) is not None, row
     assert line(("NAT", T0, 10.5, 11.25, 10, 11, 1200)) is not None
     # What it must leave to validation: bool, unknown types, text the server reads otherwise.
-    for bad in (True, np.bool_(False), "1_0", " 7", "\t5", object(), Decimal("1E-20000")):
+    for bad in (True, np.bool_(False), np.timedelta64(1, "s"), "1_0", " 7", "\t5", object(), Decimal("1E-20000")):
         assert line(_bar(0, volume=bad)) is None, bad
+
+
+@pytest.mark.parametrize("value, stored_as", [
+    (0.000000005, Decimal("0.00000001")), (1.000000015, Decimal("1.00000002")),
+    ("2.123456785", Decimal("2.12345679")), (Decimal("3.999999995"), Decimal("4.00000000")),
+    (np.float32(0.1), Decimal("0.1")), (np.float64(1e-05), Decimal("0.00001")),
+])
+def test_more_than_8_decimals_round_half_away_from_zero_as_validation(prices, raw, value, stored_as):
+    row = _bar(0, low=value, open=value, close=value, high=Decimal(5))
+    assert price_row(row)["low"] == stored_as
+    assert prices.copy_from([row]) == 1
+    assert stored(raw)[0][4] == stored_as
 
 
 @pytest.mark.parametrize("value, field", [
@@ -336,9 +349,10 @@ def test_validation_takes_numpy_numbers_and_datetime64_and_refuses_nat():
         with pytest.raises(DataValidationError) as info:
             price_row(_bar(0, timestamp=stamp))
         assert info.value.field == "timestamp"
-    with pytest.raises(DataValidationError) as info:
-        price_row(_bar(0, volume=np.bool_(True)))
-    assert info.value.field == "volume"
+    for number in (np.bool_(True), np.timedelta64(5, "s"), np.complex64(1)):
+        with pytest.raises(DataValidationError) as info:
+            price_row(_bar(0, volume=number))
+        assert info.value.field == "volume"
 
 
 def test_server_refusals_of_other_kinds_stay_driver_errors_translated(prices, raw):

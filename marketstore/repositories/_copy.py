@@ -2,10 +2,13 @@
 
 ``PriceRepository.copy_from`` streams into ``prices``; ``upsert_many`` streams
 the same way into a temporary staging table that carries the same CHECK rules,
-then merges it with one ``INSERT ... ON CONFLICT``. Rows are validated in
-Python as they are read (a cheap check vouches for the common row; anything
-else gets the full validation). CSV files are read by :mod:`._csv` and go
-through the same :func:`copy`, so a file gets one verdict whichever loads it.
+then merges it with one ``INSERT ... ON CONFLICT``. Rows of any natural type
+are formatted as they are read, without judging their values: the table's
+constraints hold the rules, and a row the server refuses is validated again
+in Python, alone, for validation's own error (a CSV file's line likewise).
+Rows the formatter cannot send as they are get the full validation first.
+CSV files are read by :mod:`._csv` and go through the same :func:`copy`, so a
+file gets one verdict whichever loads it.
 """
 from __future__ import annotations
 
@@ -84,9 +87,10 @@ def number_types() -> tuple[frozenset, frozenset]:
     direct, printed = {int, float, Decimal}, set()
     np = sys.modules.get("numpy")
     if np is not None:
-        direct.update(t for t in np.sctypeDict.values() if issubclass(t, np.integer))
+        kinds = {t: np.dtype(t).kind for t in set(np.sctypeDict.values())}  # timedelta64 is an np.integer
+        direct.update(t for t, kind in kinds.items() if kind in "iu")
         direct.add(np.float64)
-        printed.update(t for t in np.sctypeDict.values() if issubclass(t, np.floating) and t is not np.float64)
+        printed.update(t for t, kind in kinds.items() if kind == "f" and t is not np.float64)
     return frozenset(direct), frozenset(printed)
 
 
