@@ -417,3 +417,65 @@ def scaling(ctx: Context) -> Iterator[Comparison]:
         Finding(f"peak memory growth of copy_from(CSV), {large:,} vs {small:,} rows (MB)",
                 round(memory_growth, 2), f"< {MEMORY_LIMIT_MB} MB", memory_growth < MEMORY_LIMIT_MB),
     ]
+
+
+# -- issue 11 §1: the natural types of market data on the fast path -----------------------
+def int_volume(rows: list[dict]) -> list[dict]:
+    """The rows with an ``int`` volume: the natural type of a volume."""
+    return [dict(r, volume=int(r["volume"])) for r in rows]
+
+
+def float_bars(rows: list[dict]) -> list[dict]:
+    """The rows with ``float`` prices and volume, as an exchange API or a CSV dump gives them."""
+    return [dict(r, open=float(r["open"]), high=float(r["high"]), low=float(r["low"]), close=float(r["close"]),
+                 volume=float(r["volume"])) for r in rows]
+
+
+@case("types")
+def natural_types(ctx: Context) -> Iterator[Comparison]:
+    rows = ctx.rows
+    expected = data.summarize(rows)  # cents and whole volumes: a float prints them exactly
+    repo = marketstore.PriceRepository()
+
+    def loaded(count):
+        expect(count, ctx.n, "rows reported loaded")
+        expect(ctx.summary(), expected, "prices after the load")
+
+    for label, shaped in (("int volume", ctx.dataset("int_volume", lambda: int_volume(rows))),
+                          ("float prices and volume", ctx.dataset("float_bars", lambda: float_bars(rows)))):
+        contenders = [
+            Contender("raw COPY (rows)", lambda shaped=shaped: references.copy_rows(ctx.raw, shaped), "reference",
+                      note="copy_expert, COPY text built from the same rows (str of each value)"),
+            Contender(f"copy_from(rows, {label})", lambda shaped=shaped: repo.copy_from(shaped)),
+            Contender("copy_from(rows, Decimal)", lambda: repo.copy_from(rows), note="the bench's own shape"),
+        ]
+        for c in contenders:
+            c.setup, c.check = ctx.reset, loaded
+        yield Comparison(
+            "types", f"ingest {ctx.n:,} rows with {label} into an empty table", ctx.n, "rows", "raw COPY (rows)",
+            contenders, [Target(f"copy_from(rows, {label})", "raw COPY (rows)", "speed>=", 0.9)], warmup=False)
+
+    changed = ctx.dataset("upsert_int_volume", lambda: [dict(r, volume=int(r["volume"]) + 1) for r in rows])
+    upserted_summary = data.Summary(expected.count, expected.symbols, expected.sum_open, expected.sum_close,
+                                    expected.sum_volume + len(rows), expected.first, expected.last)
+
+    def preload():
+        ctx.reset()
+        references.copy_rows(ctx.raw, rows[::2])
+        ctx.checkpoint()
+
+    def upserted(count):
+        expect(count, ctx.n, "rows reported upserted")
+        expect(ctx.summary(), upserted_summary, "prices after the upsert")
+
+    contenders = [
+        Contender("raw execute_values ON CONFLICT", lambda: references.upsert_execute_values(ctx.raw, changed),
+                  "reference", note="page_size=1000, the same rows"),
+        Contender("upsert_many(rows, int volume)", lambda: repo.upsert_many(changed)),
+    ]
+    for c in contenders:
+        c.setup, c.check = preload, upserted
+    yield Comparison(
+        "types", f"upsert {ctx.n:,} rows with int volume, half of them already stored", ctx.n, "rows",
+        "raw execute_values ON CONFLICT", contenders,
+        [Target("upsert_many(rows, int volume)", "raw execute_values ON CONFLICT", "speed>=", 1.5)], warmup=False)

@@ -12,7 +12,7 @@ from .cases import CASES
 from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
-ORDER = ("ingest", "upsert", "scaling", "range", "latest", "resample", "sessions", "scaleout")
+ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "scaleout")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,

@@ -11,6 +11,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import numbers
 import re
 
 from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField, TextField
@@ -69,7 +70,12 @@ def timestamp(name: str, value) -> dt.datetime:
             value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise DataValidationError(name, value, "an ISO-8601 timestamp") from None
-    if not isinstance(value, dt.datetime):
+    if getattr(getattr(value, "dtype", None), "kind", None) == "M":  # numpy.datetime64 (naive)
+        moment = value.astype("datetime64[us]").item()  # None for NaT, an int beyond the year 9999
+        if not isinstance(moment, dt.datetime):
+            raise DataValidationError(name, value, "a datetime within the years 1-9999 in UTC")
+        value = moment
+    if not isinstance(value, dt.datetime) or value != value:  # pandas.NaT is a datetime unequal to itself
         raise DataValidationError(name, value, "a datetime")
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -181,16 +187,25 @@ def _int_bound(field: Field) -> int:
 
 
 def _number(name: str, value, field: Field):
-    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str)):
+    # numbers.Real: numpy's integers and floats too; not numpy.bool_ (no number, like bool) nor
+    # numpy.timedelta64, which numpy registers as an integer.
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal, str, numbers.Real)) \
+            or getattr(getattr(value, "dtype", None), "kind", "f") not in "iuf":
         _fail(name, value, "a number")
     if isinstance(field, DecimalField):
         try:
-            if isinstance(value, float):
-                number = decimal.Decimal(repr(value))
+            if isinstance(value, (int, decimal.Decimal)):
+                # exact, and without str() (which refuses ints over 4300 digits)
+                number = decimal.Decimal(value)
+            elif isinstance(value, numbers.Integral):  # numpy.int64...
+                number = decimal.Decimal(int(value))
             elif isinstance(value, str):
                 number = decimal.Decimal(value.strip())
-            else:  # int or Decimal: exact, and without str() (which refuses ints over 4300 digits)
-                number = decimal.Decimal(value)
+            else:
+                # A float is the decimal its repr shows (exact round trip); numpy.float32 or
+                # float16 the shortest decimal of its own precision, which str() shows
+                # (float() would add float64 noise: 0.1 -> 0.10000000149011612).
+                number = decimal.Decimal(float.__repr__(value) if type(value) is float else str(value))
         except decimal.InvalidOperation:
             _fail(name, value, "a decimal number")
         if not number.is_finite():

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import marketstore
 from marketstore import DataValidationError, DuplicateKeyError, IntegrityViolation, PriceRepository
 from marketstore.repositories import BUCKET_ORIGIN, PriceBar
-from marketstore.repositories._copy import copy_line, copy_lines, fast_copy_line, price_row
+from marketstore.repositories._copy import copy_line, line_formatter, price_row
 
 from helpers import count_rows
 
@@ -802,33 +802,8 @@ def price_inputs(draw):
     return draw(st.sampled_from([row, row, row, tuple(row.values())]))
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(row=price_inputs())
-def test_fast_row_check_accepts_exactly_what_full_validation_accepts(row):
-    full = _full_line(row)
-    fast = fast_copy_line(row, set(), set())
-    if fast is not None:  # the fast check vouched for the row: the full validation agrees, same values
-        assert full is not None, row
-        assert _copy_values(fast) == _copy_values(full)
-    symbols, intervals = set(), set()
-    for _ in range(2):  # the second time through, symbol and interval come from the caches
-        again = fast_copy_line(row, symbols, intervals)
-        assert again == fast
-    # The whole pipeline: the same line, or the same error as the full validation alone.
-    try:
-        lines = list(copy_lines([row]))
-    except DataValidationError as exc:
-        assert full is None
-        with pytest.raises(DataValidationError) as info:
-            price_row(row)
-        assert info.value.row is None and exc.row == 1
-        assert str(info.value.at(row=1)) == str(exc)
-    else:
-        assert full is not None and _copy_values(lines[0]) == _copy_values(full)
-
-
 def test_fast_row_check_takes_the_common_row():
     """The fast path is really taken for the rows callers pass (else the test above proves little)."""
     for row in (bar("AAA", 0), {k: v for k, v in bar("AAA", 1).items() if k != "interval"},
                 dict(bar("AAA", 2), timestamp=(T0 + MINUTE).replace(tzinfo=None))):
-        assert fast_copy_line(row, set(), set()) == _full_line(row)
+        assert line_formatter()(row) == _full_line(row)

@@ -236,9 +236,13 @@ class PriceRepository(BaseRepository[Price]):
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
-        :data:`PRICE_COLUMNS` order; not a query: read it first), validated
-        in Python as they are read, or the path of a UTF-8 CSV file (a FIFO
-        such as ``/dev/stdin`` works too). Either way the data is streamed, so
+        :data:`PRICE_COLUMNS` order; not a query: read it first) holding
+        ``int``, ``float``, ``Decimal``, numeric ``str`` or numpy numbers and
+        ``datetime``, ``pandas.Timestamp``, ``numpy.datetime64`` or ISO text
+        timestamps (naive = UTC), or the path of a UTF-8 CSV file (a FIFO
+        such as ``/dev/stdin`` works too). Rows are held to the table's
+        constraints by the server, and a refused row is validated again to
+        name it exactly as ``Price.validate`` does. Either way the data is streamed, so
         a file of any size is never held in memory. Insert-only: a bar that
         already exists, or comes twice, is a :class:`DuplicateKeyError` naming
         its ``row``, or ``source`` and ``line`` (use :meth:`upsert_many` to
