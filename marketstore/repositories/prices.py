@@ -19,6 +19,7 @@ from ..repository import BaseRepository
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
+from ._frames import frame_source
 from ._sql import BUCKET_ORIGIN, aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
@@ -173,7 +174,7 @@ class PriceRepository(BaseRepository[Price]):
         return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
 
     def upsert_many(self, rows_or_csv_path, *, batch_size: int = 1000, interval: str = "1m",
-                    progress: Progress | None = None) -> int:
+                    progress: Progress | None = None, symbol: str | None = None) -> int:
         """Insert bars, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
 
         ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, or the
@@ -194,7 +195,7 @@ class PriceRepository(BaseRepository[Price]):
         database, which PostgreSQL grants to PUBLIC (``sql/roles.sql``).
         """
         batch_size = check.limit(batch_size, "batch_size")
-        with self._source(rows_or_csv_path, interval, progress, batch_size) as source:
+        with self._source(rows_or_csv_path, interval, progress, batch_size, symbol) as source:
             if source is None:
                 return 0
             with self.session("upsert_many") as db:
@@ -229,7 +230,8 @@ class PriceRepository(BaseRepository[Price]):
         db.execute_sql("RELEASE SAVEPOINT marketstore_upsert_new")
         return count, None
 
-    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None) -> int:
+    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None,
+                  symbol: str | None = None) -> int:
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
@@ -258,8 +260,15 @@ class PriceRepository(BaseRepository[Price]):
         ``interval`` is the interval of rows (or a file) that give none;
         ``progress``, if given, is called with the number of bytes of the
         file read since its last call (for a progress bar).
+
+        Frames (the ``frames`` extra): a pandas or polars DataFrame or a
+        pyarrow Table, its columns by name (the timestamp may be the index,
+        and ``symbol=`` names the symbol of a frame without that column), or
+        the path of a ``.parquet`` file (read one record batch at a time).
+        Checked column by column, vectorised; errors name the ``row``
+        (1-based position in the frame or file). See :mod:`._frames`.
         """
-        with self._source(rows_or_csv_path, interval, progress) as source:
+        with self._source(rows_or_csv_path, interval, progress, symbol=symbol) as source:
             if source is None:
                 return 0
             with self.session("copy_from") as db:
@@ -268,15 +277,20 @@ class PriceRepository(BaseRepository[Price]):
     @staticmethod
     @contextmanager
     def _source(rows_or_csv_path, interval: str, progress: Progress | None,
-                rows_per_read: int = 2000) -> Iterator[RowStream | CsvBody | None]:
+                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[RowStream | CsvBody | None]:
         """``rows_or_csv_path`` as a COPY source (``None``: an empty file, no rows).
 
-        A ``str`` or path-like is a CSV file, opened (and its header read) here,
-        before any transaction: a missing file starts none.
+        A ``str`` or path-like is a CSV file (a Parquet file if it ends in
+        ``.parquet``), opened (and its header read) here, before any
+        transaction: a missing file starts none.
         """
         interval = check.interval(interval)
         if progress is not None and not callable(progress):
             raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
+        frame = frame_source(rows_or_csv_path, interval, symbol, progress)
+        if frame is not None:
+            yield frame
+            return
         if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
             # Iterating a query runs it: before the session there is no connection, and
             # inside it the connection is busy with the COPY.
