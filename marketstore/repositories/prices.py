@@ -19,7 +19,8 @@ from ..repository import BaseRepository
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
-from ._frames import frame_source
+from ._frames import frame_source, need
+from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
@@ -116,6 +117,34 @@ def _no_gc():
                 gc.enable()
 
 
+def _symbol_list(symbols) -> list[str]:
+    """``symbols`` (an iterable of symbols, not one ``str``) checked, without repeats, in order."""
+    if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+        raise DataValidationError("symbols", symbols, "a list of symbols")
+    # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
+    valid = _SYMBOL_RE.fullmatch
+    wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else check.required_text(f"symbols[{i}]", s, 32)
+                                for i, s in enumerate(symbols)))
+    if len(wanted) > MAX_SYMBOLS:
+        raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
+    return wanted
+
+
+def _resample_sql(many: bool) -> str:
+    """The SQL of :meth:`PriceRepository.resample`, also read by :meth:`~PriceRepository.frame`.
+
+    Columns ``[symbol,] bucket, open, high, low, close, volume, bars``;
+    parameters: width, origin, the symbol (``many``: a list of them), interval,
+    start, end. ``many`` groups by symbol too, ordered by symbol then bucket.
+    """
+    by = "symbol, " if many else ""
+    return (f'SELECT {by}date_bin(%s, "timestamp", %s) AS bucket, '
+            '(array_agg(open ORDER BY "timestamp"))[1] AS open, max(high) AS high, min(low) AS low, '
+            '(array_agg(close ORDER BY "timestamp" DESC))[1] AS close, sum(volume) AS volume, count(*) AS bars '
+            f'FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} AND "interval" = %s '
+            f'AND "timestamp" >= %s AND "timestamp" < %s GROUP BY {by}bucket ORDER BY {by}bucket')
+
+
 class PriceRepository(BaseRepository[Price]):
     """OHLCV bars. Served by the unique (symbol, interval, timestamp) index."""
 
@@ -154,15 +183,7 @@ class PriceRepository(BaseRepository[Price]):
         One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
         sort of the whole table as ``DISTINCT ON`` would need.
         """
-        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
-            raise DataValidationError("symbols", symbols, "a list of symbols")
-        # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
-        valid = _SYMBOL_RE.fullmatch
-        wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else check.required_text(f"symbols[{i}]", s, 32)
-                                    for i, s in enumerate(symbols)))
-        if len(wanted) > MAX_SYMBOLS:
-            raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
-        interval = check.interval(interval)
+        wanted, interval = _symbol_list(symbols), check.interval(interval)
         if not wanted:
             return {}
         sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
@@ -325,14 +346,46 @@ class PriceRepository(BaseRepository[Price]):
         symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
         start, end = check.span(start, end)
         width = check.bucket(bucket)
-        sql = ('SELECT date_bin(%s, "timestamp", %s) AS bucket, '
-               '(array_agg(open ORDER BY "timestamp"))[1], max(high), min(low), '
-               '(array_agg(close ORDER BY "timestamp" DESC))[1], sum(volume), count(*) '
-               'FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s '
-               'GROUP BY 1 ORDER BY 1')
         with self.session("resample") as db:
-            rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
+            rows = db.execute_sql(_resample_sql(False), (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
         return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
+
+    def frame(self, symbols, start, end, *, interval: str = "1m", bucket=None, library: str = "pandas"):
+        """Bars in ``[start, end)`` as a frame (the ``frames`` extra), oldest first.
+
+        ``symbols`` is one symbol (a ``str``) or a list. pandas (the default):
+        indexed by a UTC ``DatetimeIndex`` named ``timestamp`` -- by
+        (``symbol``, ``timestamp``) for a list, ordered by symbol then time --
+        with float64 columns ``open high low close volume``. ``bucket`` (as
+        for :meth:`resample`, whose SQL it runs) resamples on the server and
+        adds the int64 column ``bars`` (source bars per bucket), labelled by
+        the bucket's start. ``library="polars"`` or ``"arrow"`` returns a
+        polars DataFrame or a pyarrow Table, with ``timestamp`` (and
+        ``symbol``) as leading columns. Read with binary ``COPY`` (see
+        :mod:`._frames_out`). Raises ``DataValidationError`` for a bad
+        parameter, ``MissingExtraError`` without the extra.
+        """
+        many = not isinstance(symbols, str)
+        wanted = _symbol_list(symbols) if many else [check.required_text("symbol", symbols, 32)]
+        interval, (start, end) = check.interval(interval), check.span(start, end)
+        kind, width = check_library(library), None if bucket is None else check.bucket(bucket)
+        numbers = ("open", "high", "low", "close", "volume") + (("bars",) if width is not None else ())
+        columns = [("symbol", "int4")] if many else []
+        columns += [("timestamp", "timestamptz")] + [(n, "int8" if n == "bars" else "float8") for n in numbers]
+        position = "array_position(%s::text[], symbol)::int4, " if many else ""
+        casts = ", ".join(f"{n}::{t}" for n, t in columns[len(columns) - len(numbers):])
+        order = "symbol, " if many else ""
+        if width is None:
+            sql = (f'SELECT {position}"timestamp", {casts} FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} '
+                   f'AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s ORDER BY {order}"timestamp"')
+            params = [wanted if many else wanted[0], interval, start, end]
+        else:
+            sql = f"SELECT {position}bucket, {casts} FROM ({_resample_sql(many)}) AS r ORDER BY {order}bucket"
+            params = [width, BUCKET_ORIGIN, wanted if many else wanted[0], interval, start, end]
+        need("numpy")  # before the session: a missing extra starts no transaction
+        with self.session("frame") as db:
+            values = fetch_columns(db, sql, ([wanted] if many else []) + params, columns)
+        return build_frame(values, None, wanted if many else None, kind)
 
     def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:
         """The first ``limit`` symbols that have bars, sorted; after ``after`` (the last of a page) when given.
