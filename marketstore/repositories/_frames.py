@@ -219,7 +219,7 @@ class FrameStream:
 
     def _checked(self, offset: int, arrays: dict):
         """The chunk as a table in COPY's column order, or ``DataValidationError`` at its first bad row."""
-        pa, pc, np = self._pa, self._pc, self._np
+        pa, np = self._pa, self._np
         where = self._where(offset + 1)
         for name in arrays:
             if name not in PRICE_COLUMNS:
@@ -272,7 +272,7 @@ class FrameStream:
         return column
 
     def _timestamps(self, offset: int, arrays: dict, column):
-        pa, pc, np = self._pa, self._pc, self._np
+        pa, np = self._pa, self._np
         if not pa.types.is_timestamp(column.type):
             raise DataValidationError("timestamp", column[0].as_py(),
                                       f"a column of datetimes (naive ones are UTC), not {column.type}",

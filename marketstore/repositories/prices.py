@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import os
-import re
 import threading
 from contextlib import contextmanager
 from decimal import Decimal
@@ -24,7 +23,6 @@ from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
-_SYMBOL_RE = re.compile(check.SYMBOL_PATTERN)
 Progress = Callable[[int], None]
 
 
@@ -117,19 +115,6 @@ def _no_gc():
                 gc.enable()
 
 
-def _symbol_list(symbols) -> list[str]:
-    """``symbols`` (an iterable of symbols, not one ``str``) checked, without repeats, in order."""
-    if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
-        raise DataValidationError("symbols", symbols, "a list of symbols")
-    # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
-    valid = _SYMBOL_RE.fullmatch
-    wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else check.required_text(f"symbols[{i}]", s, 32)
-                                for i, s in enumerate(symbols)))
-    if len(wanted) > MAX_SYMBOLS:
-        raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
-    return wanted
-
-
 def _resample_sql(many: bool) -> str:
     """The SQL of :meth:`PriceRepository.resample`, also read by :meth:`~PriceRepository.frame`.
 
@@ -183,7 +168,7 @@ class PriceRepository(BaseRepository[Price]):
         One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
         sort of the whole table as ``DISTINCT ON`` would need.
         """
-        wanted, interval = _symbol_list(symbols), check.interval(interval)
+        wanted, interval = check.symbol_list(symbols, 32, MAX_SYMBOLS), check.interval(interval)
         if not wanted:
             return {}
         sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
@@ -366,7 +351,7 @@ class PriceRepository(BaseRepository[Price]):
         parameter, ``MissingExtraError`` without the extra.
         """
         many = not isinstance(symbols, str)
-        wanted = _symbol_list(symbols) if many else [check.required_text("symbol", symbols, 32)]
+        wanted = check.symbol_list(symbols, 32, MAX_SYMBOLS) if many else [check.required_text("symbol", symbols, 32)]
         interval, (start, end) = check.interval(interval), check.span(start, end)
         kind, width = check_library(library), None if bucket is None else check.bucket(bucket)
         numbers = ("open", "high", "low", "close", "volume") + (("bars",) if width is not None else ())
