@@ -170,7 +170,7 @@ def _with_symbol(arrays: dict, symbol: str | None, rows: int, pa) -> dict:
     if symbol is not None:
         if "symbol" in arrays:
             raise DataValidationError("symbol", symbol, "symbol= only for a frame without a symbol column")
-        arrays["symbol"] = pa.repeat(symbol, rows) if hasattr(pa, "repeat") else pa.array([symbol] * rows)
+        arrays["symbol"] = pa.repeat(symbol, rows)
     return arrays
 
 
@@ -236,8 +236,7 @@ class FrameStream:
         for name in PRICE_COLUMNS:
             column = arrays.get(name)
             if column is None:  # interval: the call's, for every row
-                out[name] = pa.repeat(self._interval, rows) if hasattr(pa, "repeat") \
-                    else pa.array([self._interval] * rows)
+                out[name] = pa.repeat(self._interval, rows)
                 continue
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()

@@ -23,9 +23,11 @@ _SIZES = {"int4": 4, "int8": 8, "float8": 8, "timestamptz": 8}
 
 
 def check_library(value) -> str:
-    """``value`` when it is one of :data:`LIBRARIES`."""
+    """``value`` when it is one of :data:`LIBRARIES` and installed (checked before any query runs)."""
     if value not in LIBRARIES:
         raise DataValidationError("library", value, f"one of {', '.join(LIBRARIES)}")
+    need("numpy")
+    need("pyarrow" if value == "arrow" else value)
     return value
 
 
@@ -36,9 +38,9 @@ def fetch_columns(db, sql: str, params, columns: list[tuple[str, str]]) -> dict:
     ``datetime64[us]``, UTC). Runs on the session's connection ``db``.
     """
     np = need("numpy")
-    fields = [("count", ">i2")]
+    fields = [(" fields", ">i2")]
     for name, kind in columns:
-        fields += [(f"{name}:size", ">i4"), (name, f">{'f' if kind == 'float8' else 'i'}{_SIZES[kind]}")]
+        fields += [(f" {name} size", ">i4"), (name, f">{'f' if kind == 'float8' else 'i'}{_SIZES[kind]}")]
     layout = np.dtype(fields)
     cursor = db.connection().cursor()
     try:
@@ -52,7 +54,7 @@ def fetch_columns(db, sql: str, params, columns: list[tuple[str, str]]) -> dict:
     if bytes(data[:len(_SIGNATURE)]) != _SIGNATURE or len(body) % layout.itemsize:
         raise QueryError(f"unexpected binary COPY answer ({len(data)} bytes, rows of {layout.itemsize})")
     rows = np.frombuffer(body, layout)
-    if len(rows) and (rows["count"] != len(columns)).any():
+    if len(rows) and (rows[" fields"] != len(columns)).any():
         raise QueryError("unexpected binary COPY answer (a row with another number of columns)")
     out = {}
     for name, kind in columns:

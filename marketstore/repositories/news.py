@@ -18,7 +18,6 @@ from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
 from ..repository import BaseRepository
-from ._frames import need
 from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, where
 
@@ -188,7 +187,6 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
                    "AND t.symbol = ANY(%s) AND s.timestamp >= %s AND s.timestamp < %s"
                    + ("" if as_of is None else " AND a.ingested_at <= %s") + " GROUP BY t.symbol, 2 ORDER BY t.symbol, 2")
             params = [wanted, width, BUCKET_ORIGIN, wanted, wanted, start, end] + ([] if as_of is None else [as_of])
-        need("numpy")  # before the session: a missing extra starts no transaction
         with self.session("frame") as db:
             values = fetch_columns(db, sql, params, columns)
         return build_frame(values, None, wanted if many else None, kind)

@@ -18,7 +18,7 @@ from ..repository import BaseRepository
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
-from ._frames import frame_source, need
+from ._frames import frame_source
 from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
@@ -367,7 +367,6 @@ class PriceRepository(BaseRepository[Price]):
         else:
             sql = f"SELECT {position}bucket, {casts} FROM ({_resample_sql(many)}) AS r ORDER BY {order}bucket"
             params = [width, BUCKET_ORIGIN, wanted if many else wanted[0], interval, start, end]
-        need("numpy")  # before the session: a missing extra starts no transaction
         with self.session("frame") as db:
             values = fetch_columns(db, sql, ([wanted] if many else []) + params, columns)
         return build_frame(values, None, wanted if many else None, kind)
