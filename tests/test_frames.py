@@ -238,6 +238,9 @@ def test_sentiment_frame_matches_timeseries(db):
     assert many.column("symbol").to_pylist() == ["AAA", "BBB"]  # by symbol, then time
     assert many.column("count").to_pylist() == [2, 2]
     assert many.column("average").to_pylist() == pytest.approx([0.125, 0.375])
+    # point in time: nothing was ingested before the start of 2024
+    before = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    assert len(scores.frame(["AAA", "BBB"], T0, end, as_of=before)) == len(scores.frame("AAA", T0, end, as_of=before)) == 0
 
 
 def test_without_the_extra_a_frame_method_names_it_and_the_rest_works(database_url):
@@ -277,3 +280,24 @@ def test_bad_parameters_of_frame(db):
     with pytest.raises(DataValidationError) as caught:
         PriceRepository().copy_from([{"symbol": "A"}], symbol="AAA")
     assert caught.value.field == "symbol"
+
+
+def test_polars_columns_and_arrow_decimals_load_exactly(db, raw):
+    pl = pytest.importorskip("polars")
+    frame = pl.DataFrame({
+        "symbol": ["PL1", "PL2"], "timestamp": [dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 2)],
+        "open": ["10.5", " 11.25 "], "high": [12.0, 12.0], "low": [10, 11], "close": [11.0, 11.5],
+        "volume": [5, 6], "interval": ["1d", "1d"]})
+    assert PriceRepository().copy_from(frame) == 2
+    table = pa.table({
+        "symbol": pa.array(["DEC"], pa.string()).dictionary_encode(),
+        "timestamp": pa.array([T0], pa.timestamp("ns", tz="Europe/Paris")),
+        **{n: pa.array([Decimal("123456789012.12345678")], pa.decimal128(20, 8)) for n in ("open", "high", "low",
+                                                                                          "close")},
+        "volume": pa.array([Decimal("0.00000001")], pa.decimal128(20, 8))})
+    assert PriceRepository().copy_from(table, interval="1h") == 1
+    rows = stored(raw)
+    assert [(r[0], r[2], r[4], r[7]) for r in rows] == [
+        ("DEC", Decimal("123456789012.12345678"), Decimal("123456789012.12345678"), "1h"),
+        ("PL1", Decimal("10.5"), Decimal("10"), "1d"), ("PL2", Decimal("11.25"), Decimal("11"), "1d")]
+    assert rows[0][1] == T0 and rows[0][6] == Decimal("0.00000001")

@@ -70,10 +70,11 @@ def frame_source(value, interval: str, symbol: str | None,
         symbol = check.required_text("symbol", symbol, 32)
     library = frame_library(value)
     if library is not None:
-        return FrameStream(batches(value, library, symbol), interval)
+        return FrameStream(lambda again=False: batches(value, library, symbol), interval)
     if isinstance(value, (str, os.PathLike)) and os.fsdecode(os.fspath(value)).lower().endswith(".parquet"):
         path = os.fsdecode(os.fspath(value))
-        return FrameStream(parquet_batches(path, symbol, progress), interval, source=path)
+        return FrameStream(lambda again=False: parquet_batches(path, symbol, None if again else progress), interval,
+                           source=path)
     if symbol is not None:
         raise DataValidationError("symbol", symbol, "symbol= only with a frame or a Parquet file "
                                   "(rows and CSV files name their symbol)")
@@ -182,8 +183,12 @@ class FrameStream:
     reading is kept in ``error`` and re-raised by :func:`._copy.copy`.
     """
 
-    def __init__(self, chunks: Iterator[tuple[int, dict]], interval: str, source: str | None = None):
-        self._chunks, self._interval, self.source = chunks, interval, source
+    rereadable = True  # upsert_many may try the frame as new bars first, then read it again
+
+    def __init__(self, chunks: Callable[..., Iterator[tuple[int, dict]]], interval: str, source: str | None = None,
+                 again: bool = False):
+        self._factory, self._interval, self.source = chunks, interval, source
+        self._chunks = chunks(again=True) if again else chunks()
         self._pa, self._pc, self._csv, self._np = (need("pyarrow"), need("pyarrow.compute"), need("pyarrow.csv"),
                                                    need("numpy"))
         self._options = self._csv.WriteOptions(include_header=False, quoting_style="none")
@@ -207,6 +212,10 @@ class FrameStream:
         except BaseException as exc:  # psycopg2 would report a generic ".read() call" error
             self.error = exc
             raise
+
+    def rewound(self) -> FrameStream:
+        """A stream reading the same frame (or file, without progress reports) again from its first row."""
+        return FrameStream(self._factory, self._interval, self.source, again=True)
 
     def copy_into(self, db, table: str) -> int:
         """COPY every chunk into ``table`` on the session's connection; returns the number of rows."""
@@ -258,11 +267,22 @@ class FrameStream:
             self._refuse(offset, arrays, int(np.argmin(good)), lenient=True)
         return pa.table([out[name] for name in PRICE_COLUMNS], names=list(PRICE_COLUMNS))
 
-    def _text(self, offset: int, arrays: dict, column, name: str, pattern: re.Pattern):
-        pa, pc = self._pa, self._pc
+    def _string(self, column):
+        """``column`` as ``string``/``large_string`` when it holds text (dictionary, string view), else as is."""
+        pa = self._pa
         if pa.types.is_dictionary(column.type):
             column = column.dictionary_decode()
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        if getattr(pa.types, "is_string_view", lambda _: False)(column.type):
+            column = column.cast(pa.large_string())
+        return column
+
+    def _is_text(self, column) -> bool:
+        return self._pa.types.is_string(column.type) or self._pa.types.is_large_string(column.type)
+
+    def _text(self, offset: int, arrays: dict, column, name: str, pattern: re.Pattern):
+        pc = self._pc
+        column = self._string(column)
+        if not self._is_text(column):
             raise DataValidationError(name, column[0].as_py(), f"a column of text, not {column.type}",
                                       **self._where(offset + 1))
         for value in pc.unique(column).to_pylist():  # a pattern per distinct value, not per row
@@ -291,8 +311,9 @@ class FrameStream:
     def _number(self, offset: int, arrays: dict, column, name: str):
         """``(the column as written, its float64 values)``."""
         pa, pc, np = self._pa, self._pc, self._np
+        column = self._string(column)
         kind = column.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if self._is_text(column):
             numeric = pc.match_substring_regex(column, _NUMERIC_TEXT).to_numpy(zero_copy_only=False)
             if not numeric.all():
                 self._refuse(offset, arrays, int(np.argmin(numeric)))

@@ -124,6 +124,10 @@ def _sentiment_filters(symbol, start, end, as_of) -> tuple[str, list]:
     return sql, params
 
 
+# Per bucket: mean score and count (float8 and int8 already: what frame()'s binary reader expects).
+_SERIES = "SELECT date_bin(%s, s.timestamp, %s), avg(s.score)::float8, count(*)::int8 {filters} GROUP BY 1 ORDER BY 1"
+
+
 class SentimentScoreRepository(BaseRepository[SentimentScore]):
     """Sentiment scores of articles. A score's symbols are its article's ``symbols``."""
 
@@ -154,7 +158,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         start, end = check.span(start, end)
         width = check.bucket(bucket)
         sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
-        sql = f"SELECT date_bin(%s, s.timestamp, %s), avg(s.score), count(*) {sql} GROUP BY 1 ORDER BY 1"
+        sql = _SERIES.format(filters=sql)
         with self.session("timeseries") as db:
             rows = db.execute_sql(sql, [width, BUCKET_ORIGIN, *params]).fetchall()
         return [SentimentBucket(aware(b), average, n) for b, average, n in rows]
@@ -178,14 +182,15 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         columns += [("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
         if not many:  # timeseries' own query
             sql, params = _sentiment_filters(wanted[0], start, end, as_of)
-            sql = f"SELECT date_bin(%s, s.timestamp, %s), avg(s.score)::float8, count(*)::int8 {sql} GROUP BY 1 ORDER BY 1"
-            params = [width, BUCKET_ORIGIN, *params]
+            sql, params = _SERIES.format(filters=sql), [width, BUCKET_ORIGIN, *params]
         else:  # a score counts once for each symbol asked for that its article is tagged with
             sql = ("SELECT array_position(%s::text[], t.symbol)::int4, date_bin(%s, s.timestamp, %s), "
-                   "avg(s.score)::float8, count(*)::int8 FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
+                   "avg(s.score)::float8, count(*)::int8 "
+                   "FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
                    "CROSS JOIN LATERAL unnest(a.symbols) AS t(symbol) WHERE a.symbols && %s::text[] "
                    "AND t.symbol = ANY(%s) AND s.timestamp >= %s AND s.timestamp < %s"
-                   + ("" if as_of is None else " AND a.ingested_at <= %s") + " GROUP BY t.symbol, 2 ORDER BY t.symbol, 2")
+                   + ("" if as_of is None else " AND a.ingested_at <= %s")
+                   + " GROUP BY t.symbol, 2 ORDER BY t.symbol, 2")
             params = [wanted, width, BUCKET_ORIGIN, wanted, wanted, start, end] + ([] if as_of is None else [as_of])
         with self.session("frame") as db:
             values = fetch_columns(db, sql, params, columns)

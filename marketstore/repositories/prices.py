@@ -18,7 +18,7 @@ from ..repository import BaseRepository
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
-from ._frames import frame_source
+from ._frames import FrameStream, frame_source
 from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
@@ -205,7 +205,7 @@ class PriceRepository(BaseRepository[Price]):
             if source is None:
                 return 0
             with self.session("upsert_many") as db:
-                if isinstance(source, CsvBody):
+                if isinstance(source, (CsvBody, FrameStream)):
                     count, source = self._copy_new(db, source)
                     if source is None:
                         return count
@@ -216,8 +216,8 @@ class PriceRepository(BaseRepository[Price]):
         return count
 
     @staticmethod
-    def _copy_new(db, body: CsvBody) -> tuple[int, CsvBody | None]:
-        """Try a file as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
+    def _copy_new(db, body: CsvBody | FrameStream) -> tuple[int, CsvBody | FrameStream | None]:
+        """Try a file (or a frame) as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
 
         ``INSERT ... ON CONFLICT`` costs twice a plain insert and ``COPY``
         batches its writes, so a file of new bars loads at ``copy_from``'s
