@@ -306,7 +306,9 @@ class FrameStream:
             raise DataValidationError("timestamp", column[int(np.argmax(outside))].as_py(),
                                       "a datetime within the years 1-9999 in UTC",
                                       **self._where(offset + int(np.argmax(outside)) + 1))
-        return stamps.cast(pa.timestamp("us", tz="UTC"))
+        # As text with an explicit +00 offset: Arrow formats a naive column ~15x faster than an aware one,
+        # and the offset makes the server's reading independent of the session's time zone.
+        return self._pc.binary_join_element_wise(stamps.cast(pa.string()), "+00", "")
 
     def _number(self, offset: int, arrays: dict, column, name: str):
         """``(the column as written, its float64 values)``."""
