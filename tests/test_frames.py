@@ -12,6 +12,8 @@ import textwrap
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import marketstore
 from marketstore import DataValidationError, DuplicateKeyError, MissingExtraError, PriceRepository
@@ -301,3 +303,49 @@ def test_polars_columns_and_arrow_decimals_load_exactly(db, raw):
         ("DEC", Decimal("123456789012.12345678"), Decimal("123456789012.12345678"), "1h"),
         ("PL1", Decimal("10.5"), Decimal("10"), "1d"), ("PL2", Decimal("11.25"), Decimal("11"), "1d")]
     assert rows[0][1] == T0 and rows[0][6] == Decimal("0.00000001")
+
+
+class _Undo(Exception):
+    """Ends a session so that it rolls back."""
+
+
+def _verdict(load):
+    """What ``load()`` did inside a session that is then rolled back: the error's (type, field, row), or the
+    bars it stored."""
+    try:
+        with marketstore.get_db_session():
+            try:
+                load()
+            except (DataValidationError, DuplicateKeyError) as exc:
+                return type(exc).__name__, getattr(exc, "field", None), exc.row
+            stored_now = PriceRepository().get_range("HYP", T0, T0 + dt.timedelta(days=1), as_tuples=True)
+            raise _Undo(stored_now)
+    except _Undo as undo:
+        return [row[2:8] for row in undo.args[0]]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_frame_gets_the_verdict_of_its_rows(db, data):
+    hypothesis_values = st.one_of(
+        st.floats(min_value=0, max_value=50, allow_nan=False).map(lambda x: round(x, 9)),
+        st.sampled_from([float("nan"), float("inf"), -1.0, 0.0, 1e-9, 5e-9, 1e12, 10.000000005]),
+        st.sampled_from([float("nan"), -1.0]))
+    n = data.draw(st.integers(1, 6))
+    rows = []
+    for i in range(n):
+        low = data.draw(st.floats(min_value=0.01, max_value=100).map(lambda x: round(x, 4)))
+        o, c = low + data.draw(st.floats(0, 5)), low + data.draw(st.floats(0, 5))
+        rows.append({"symbol": "HYP", "timestamp": T0 + dt.timedelta(minutes=i), "open": o,
+                     "high": max(o, c) + data.draw(st.floats(0, 1)), "low": low, "close": c,
+                     "volume": data.draw(st.floats(0, 1e6))})
+    for _ in range(data.draw(st.integers(0, 3))):  # a few cells made doubtful
+        row, name = data.draw(st.integers(0, n - 1)), data.draw(st.sampled_from(["open", "high", "low", "close",
+                                                                                  "volume"]))
+        rows[row][name] = data.draw(hypothesis_values)
+    repeat = data.draw(st.sampled_from([None] + list(range(n))))
+    if repeat is not None:
+        rows.append(dict(rows[repeat]))
+    frame = pd.DataFrame(rows)
+    assert _verdict(lambda: PriceRepository().copy_from(frame)) == \
+        _verdict(lambda: PriceRepository().copy_from([dict(r) for r in rows]))
