@@ -183,13 +183,14 @@ class PriceRepository(BaseRepository[Price]):
                     progress: Progress | None = None, symbol: str | None = None) -> int:
         """Insert bars, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
 
-        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, or the
-        path of a CSV file read by the same reader with the same verdicts --
-        and ``interval`` and ``progress`` mean the same. The input is streamed
+        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, the
+        path of a CSV file read by the same reader with the same verdicts, a
+        frame or a Parquet file -- and ``interval``, ``progress`` and
+        ``symbol`` mean the same. The input is streamed
         with ``COPY`` (rows ``batch_size`` per chunk) into a temporary staging
         table that holds the rules of ``prices``, so a bad row or line is
         refused as ``copy_from`` refuses it; then one ``INSERT ... SELECT ...
-        ON CONFLICT DO UPDATE`` applies them all. A regular file is first
+        ON CONFLICT DO UPDATE`` applies them all. A regular file (or a frame) is first
         tried as new bars, straight into ``prices`` at ``copy_from``'s speed;
         the first bar already stored (or repeated) undoes that attempt and the
         file is read again through the staging table (so a file whose first
