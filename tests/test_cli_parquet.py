@@ -93,3 +93,17 @@ def test_an_unreadable_parquet_file_is_one_line(url, tmp_path):
     source.write_bytes(b"not parquet at all")
     line = fails("ingest", "prices", source)
     assert str(source) in line and "Parquet" in line
+
+
+def test_query_csv_out_writes_the_file_ingest_reads(url, raw, tmp_path):
+    write(tmp_path / "bars.parquet", n=10)
+    succeeds("ingest", "prices", tmp_path / "bars.parquet")
+    out = tmp_path / "bars.csv"
+    result = succeeds("query", "prices", "PQT", "--start", "2024-03-08", "--end", "2024-03-09", "--format", "csv",
+                      "--out", out)
+    assert result.stdout == "" and out.read_text().splitlines()[0] == \
+        "symbol,timestamp,open,high,low,close,volume,interval"
+    with raw.cursor() as cur:
+        cur.execute("DELETE FROM prices")
+    succeeds("ingest", "prices", out)
+    assert count(raw, "prices", "symbol = 'PQT'") == 10
