@@ -349,3 +349,10 @@ def test_a_frame_gets_the_verdict_of_its_rows(db, data):
     frame = pd.DataFrame(rows)
     assert _verdict(lambda: PriceRepository().copy_from(frame)) == \
         _verdict(lambda: PriceRepository().copy_from([dict(r) for r in rows]))
+
+
+def test_importing_marketstore_imports_no_frame_library():
+    code = ("import sys, marketstore, marketstore.cli\n"
+            "print(sorted(m for m in ('pandas', 'polars', 'pyarrow', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
