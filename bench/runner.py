@@ -7,12 +7,13 @@ import sys
 import time
 import traceback
 
+from . import frames as _frames_case  # noqa: F401 - registers the frames case
 from . import report, scaleout  # noqa: F401 - scaleout registers its case
 from .cases import CASES
 from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
-ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "scaleout")
+ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "frames", "scaleout")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,

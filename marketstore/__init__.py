@@ -20,6 +20,7 @@ from .errors import (
     DuplicateKeyError,
     IntegrityViolation,
     MarketstoreError,
+    MissingExtraError,
     NotFoundError,
     PoolExhaustedError,
     QueryError,
@@ -60,7 +61,7 @@ __all__ = [
     # errors (the module, and its classes)
     "errors", "MarketstoreError", "ConfigurationError", "DatabaseConnectionError", "PoolExhaustedError",
     "TransactionError", "IntegrityViolation", "DuplicateKeyError", "SerializationFailure", "QueryError",
-    "NotFoundError", "ReadOnlyError", "DataValidationError",
+    "NotFoundError", "ReadOnlyError", "DataValidationError", "MissingExtraError",
     # models
     "database_proxy", "BaseModel", "Price", "Article", "SentimentScore", "Event", "TradingSignal", "Order",
     "OrderEvent", "BacktestResult",

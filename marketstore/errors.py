@@ -23,6 +23,10 @@ class ConfigurationError(MarketstoreError, ValueError):
     """A setting (environment variable or option) has a bad value."""
 
 
+class MissingExtraError(MarketstoreError, ImportError):
+    """An optional feature was used without its extra installed; the message names the extra."""
+
+
 class DatabaseConnectionError(MarketstoreError, peewee.OperationalError):
     """The server could not be reached, or the connection was lost."""
 

@@ -1,4 +1,4 @@
-"""Bulk loading from files: price bars from CSV, articles from JSON Lines.
+"""Bulk loading from files: price bars from CSV or Parquet, articles from JSON Lines.
 
 Every row is held to the models' rules, and a bad one stops the load with a
 ``DataValidationError`` whose ``source``, ``line``, ``field`` and ``value``
@@ -46,7 +46,11 @@ def file_size(path: str) -> int | None:
 
 
 def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progress: Progress | None = None) -> int:
-    """Load the price CSV file ``path`` in one transaction; returns the number of rows loaded.
+    """Load the price CSV (or Parquet: a name ending in ``.parquet``) file ``path`` in one transaction.
+
+    Returns the number of rows loaded. A Parquet file has the same columns
+    (the ``frames`` extra reads it, one record batch at a time) and its errors
+    name the ``row`` (1-based) instead of the line.
 
     Header ``symbol,timestamp,open,high,low,close,volume[,interval]`` (any
     order); rows without an interval get ``interval``. New bars go through
@@ -58,7 +62,8 @@ def load_price_file(path: str, interval: str = "1m", upsert: bool = False, progr
     ``DataValidationError`` (``source``, ``line``, ``field``, ``value``) at
     the first bad line, or for an empty file.
     """
-    if file_size(path) == 0 and os.path.isfile(path):  # the repository takes it as no rows; a user meant some
+    # An empty CSV file: the repository takes it as no rows; a user meant some.
+    if file_size(path) == 0 and os.path.isfile(path) and not path.lower().endswith(".parquet"):
         raise DataValidationError("header", "", f"the header {PRICE_HEADER} (the file is empty)", source=path, line=1)
     prices = PriceRepository()
     load = prices.upsert_many if upsert else prices.copy_from

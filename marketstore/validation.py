@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import re
+from typing import Iterable
 
 from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField, TextField
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
@@ -31,6 +32,7 @@ MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
 MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
 
 _INTERVAL_RE = re.compile(INTERVAL_PATTERN)
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 
 
 def _fail(name: str, value, expected: str):
@@ -94,6 +96,19 @@ def span(start, end) -> tuple[dt.datetime, dt.datetime]:
     if end < start:
         raise DataValidationError("end", end, f"a time at or after start ({start.isoformat()})")
     return start, end
+
+
+def symbol_list(symbols, max_length: int, max_symbols: int = 10_000) -> list[str]:
+    """``symbols`` (an iterable of symbols, not one ``str``) checked, without repeats, in order."""
+    if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
+        raise DataValidationError("symbols", symbols, "a list of symbols")
+    # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
+    valid = _SYMBOL_RE.fullmatch
+    wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else required_text(f"symbols[{i}]", s, max_length)
+                                for i, s in enumerate(symbols)))
+    if len(wanted) > max_symbols:
+        raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {max_symbols} symbols")
+    return wanted
 
 
 def positive_int(name: str, value, maximum: int = MAX_ID) -> int:

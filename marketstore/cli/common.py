@@ -14,7 +14,7 @@ from ..config import URL_VAR, is_configured
 from ..connection import db_connection, initialize_database
 from ..errors import DatabaseConnectionError, DataValidationError, MarketstoreError, PoolExhaustedError, driver_error
 from ..output import FORMATS, render
-from ..repositories import PriceRepository
+from ..repositories import PriceRepository, need
 
 
 def connect(url: str | None) -> None:
@@ -64,7 +64,7 @@ def hint(exc: MarketstoreError) -> str:
     settings = db_connection.settings
     where = settings.safe_url() if settings is not None else "the database"
     if isinstance(exc, DataValidationError) and exc.source is not None:
-        at = f"line {exc.line}, " if exc.line is not None else ""
+        at = f"line {exc.line}, " if exc.line is not None else f"row {exc.row}, " if exc.row is not None else ""
         got = "" if exc.value == exc.source else f"got {shown(exc.value)}, "
         return f"{exc.source}: {at}field '{exc.field}': {got}expected {exc.expected}"
     driver = driver_error(exc)
@@ -101,3 +101,18 @@ def read_bars(symbol: str, start: str, end: str, bucket: str | None, interval: s
     if bucket:
         return prices.resample(symbol, start, end, bucket=bucket, interval=interval)
     return prices.get_range(symbol, start, end, interval=interval)
+
+
+def write_parquet(symbol: str, start: str, end: str, bucket: str | None, interval: str, path: str) -> int:
+    """Bars of ``symbol`` (resampled into ``bucket``) as a Parquet file without index; returns the rows.
+
+    Columns ``symbol, timestamp, open, high, low, close, volume[, bars]``.
+    """
+    table = PriceRepository().frame(symbol, start, end, interval=interval, bucket=bucket, library="arrow")
+    pa, parquet = need("pyarrow"), need("pyarrow.parquet")
+    table = table.add_column(0, "symbol", pa.repeat(symbol, table.num_rows))
+    try:
+        parquet.write_table(table, path)
+    except OSError as exc:
+        raise DataValidationError("out", path, f"a writable file ({exc.strerror or exc})", source=path) from exc
+    return table.num_rows

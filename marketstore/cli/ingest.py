@@ -25,7 +25,7 @@ def _progress(path: str, label: str):
 
 @click.group("ingest")
 def group() -> None:
-    """Load price bars (CSV) or articles (JSON Lines) from files.
+    """Load price bars (CSV or Parquet) or articles (JSON Lines) from files.
 
     A bad file loads nothing; the error names its line and field.
 
@@ -43,7 +43,11 @@ def group() -> None:
               help="Bar interval of rows when the file has no interval column.")
 @command
 def ingest_prices(file: str, upsert: bool, interval: str) -> None:
-    """Load price bars from a CSV FILE (PostgreSQL COPY; --upsert: INSERT ... ON CONFLICT).
+    """Load price bars from a CSV or Parquet FILE (PostgreSQL COPY; --upsert: INSERT ... ON CONFLICT).
+
+    A FILE ending in .parquet is read one record batch at a time (the
+    'frames' extra: pip install 'marketstore[frames]'); its columns are
+    named as in a CSV header and an error names its row (1-based).
 
     The header is symbol,timestamp,open,high,low,close,volume[,interval], in
     any order; timestamps are ISO-8601, UTC unless they carry an offset; an
@@ -55,6 +59,7 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
     \b
     Example:
       marketstore ingest prices bars.csv
+      marketstore ingest prices bars.parquet
       marketstore ingest prices corrections.csv --upsert
     """
     started = time.perf_counter()
@@ -62,7 +67,7 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
         with _progress(file, "prices") as tick:
             count = load_price_file(file, interval, upsert, tick)
     except DuplicateKeyError as exc:
-        at = f"line {exc.line}: " if exc.line is not None else ""
+        at = f"line {exc.line}: " if exc.line is not None else f"row {exc.row}: " if exc.row is not None else ""
         raise click.ClickException(f"{exc.source or file}: {at}the bar ({', '.join(exc.key.values())}) is already "
                                    "stored or appears earlier in the file; use --upsert to update existing bars "
                                    "(nothing was loaded)") from exc

@@ -4,9 +4,9 @@ from __future__ import annotations
 import click
 
 from ..models import ORDER_STATUSES, SIGNAL_TYPES
-from ..output import render
+from ..output import FORMATS, render
 from ..repositories import ArticleRepository, BacktestResultRepository, OrderRepository, TradingSignalRepository
-from .common import command, emit, format_option, range_options, read_bars
+from .common import command, emit, format_option, range_options, read_bars, write_parquet
 
 
 @click.group("query")
@@ -27,18 +27,32 @@ def group() -> None:
 @range_options
 @click.option("--bucket", default=None, metavar="WIDTH", help="Resample in SQL into bars of WIDTH: 5m, 1h, 1d, 1w.")
 @click.option("--interval", default="1m", show_default=True, help="Bar interval to read.")
-@format_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS + ("parquet",)), default="table", show_default=True,
+              help="table for a person; csv or json for a pipe; parquet (with --out) for a frame.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, metavar="FILE",
+              help="Write to FILE instead of the terminal (required for --format parquet).")
 @command
-def query_prices(symbol: str, start: str, end: str, bucket: str | None, interval: str, fmt: str) -> None:
+def query_prices(symbol: str, start: str, end: str, bucket: str | None, interval: str, fmt: str,
+                 out: str | None) -> None:
     """Price bars of SYMBOL with start <= time < end, oldest first.
 
     CSV output without --bucket has the columns `ingest prices` reads.
+    Parquet (the 'frames' extra): columns symbol, timestamp (UTC), open, high,
+    low, close, volume as float64 (and bars with --bucket), no index: a file
+    `ingest prices` reads back.
 
     \b
     Example:
       marketstore query prices AAPL --start 2024-03-08 --end 2024-03-09 --bucket 1h
       marketstore query prices AAPL --start 2024-03-08T14:30 --end 2024-03-08T15:00 --format json
+      marketstore query prices AAPL --start 2024-03-01 --end 2024-04-01 --format parquet --out bars.parquet
     """
+    if fmt == "parquet":
+        if not out:
+            raise click.UsageError("--format parquet writes a file: give --out FILE")
+        count = write_parquet(symbol, start, end, bucket, interval, out)
+        click.echo(f"Wrote {count:,} bars to {out}.", err=True)
+        return
     bars = read_bars(symbol, start, end, bucket, interval)
     if bucket:
         rows = [{"symbol": symbol, "timestamp": b.bucket, "open": b.open, "high": b.high, "low": b.low,
@@ -48,6 +62,10 @@ def query_prices(symbol: str, start: str, end: str, bucket: str | None, interval
         rows = [{name: getattr(b, name) for name in ("symbol", "timestamp", "open", "high", "low", "close",
                                                       "volume", "interval")} for b in bars]
         columns = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "interval"]
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(render(rows, columns, fmt) + "\n")
+        return
     emit(rows, columns, fmt, [c for c in columns if c not in ("symbol", "interval")])
 
 

@@ -14,6 +14,7 @@ SPEC fixes their position.
 * :mod:`.backtests` -- ``BacktestResultRepository``.
 """
 from ._copy import PRICE_COLUMNS, PRICE_HEADER
+from ._frames import need
 from ._sql import BUCKET_ORIGIN
 from .backtests import BacktestResultRepository
 from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
@@ -25,5 +26,5 @@ __all__ = [
     "SentimentScoreRepository", "TradingSignalRepository",
     "PriceBar", "SentimentBucket",
     "BUCKET_ORIGIN", "FILL_STATUSES", "OPEN_STATUSES", "ORDER_MOVES", "PRICE_COLUMNS", "PRICE_HEADER",
-    "PRICE_ROW_COLUMNS",
+    "PRICE_ROW_COLUMNS", "need",
 ]

@@ -18,6 +18,7 @@ from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
 from ..repository import BaseRepository, reads
+from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, where
 
 # Everything but the generated search vector: large, and of no use to callers.
@@ -126,6 +127,10 @@ def _sentiment_filters(symbol, start, end, as_of) -> tuple[str, list]:
     return sql, params
 
 
+# Per bucket: mean score and count (float8 and int8 already: what frame()'s binary reader expects).
+_SERIES = "SELECT date_bin(%s, s.timestamp, %s), avg(s.score)::float8, count(*)::int8 {filters} GROUP BY 1 ORDER BY 1"
+
+
 class SentimentScoreRepository(BaseRepository[SentimentScore]):
     """Sentiment scores of articles. A score's symbols are its article's ``symbols``."""
 
@@ -159,10 +164,44 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         start, end = check.span(start, end)
         width = check.bucket(bucket)
         sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
-        sql = f"SELECT date_bin(%s, s.timestamp, %s), avg(s.score), count(*) {sql} GROUP BY 1 ORDER BY 1"
+        sql = _SERIES.format(filters=sql)
         with self.session("timeseries") as db:
             rows = db.execute_sql(sql, [width, BUCKET_ORIGIN, *params]).fetchall()
         return [SentimentBucket(aware(b), average, n) for b, average, n in rows]
+
+    @reads
+    def frame(self, symbols, start, end, *, bucket="1 hour", as_of=None, library: str = "pandas"):
+        """:meth:`timeseries` as a frame (the ``frames`` extra), for joining to price bars in a backtest.
+
+        ``symbols`` is one symbol or a list. pandas: indexed like
+        ``PriceRepository.frame`` (``timestamp``, the bucket's start in UTC;
+        (``symbol``, ``timestamp``) for a list), columns ``average``
+        (float64, mean score) and ``count`` (int64); ``library="polars"`` or
+        ``"arrow"``: those types, with ``timestamp`` (and ``symbol``) as
+        columns. Point in time: with ``as_of``, only articles ingested by then.
+        """
+        many = not isinstance(symbols, str)
+        wanted = check.symbol_list(symbols, 256) if many else [check.required_text("symbol", symbols, 256)]
+        start, end = check.span(start, end)
+        width, kind = check.bucket(bucket), check_library(library)
+        as_of = check.optional_timestamp("as_of", as_of)
+        columns = [("symbol", "int4")] if many else []
+        columns += [("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
+        if not many:  # timeseries' own query
+            sql, params = _sentiment_filters(wanted[0], start, end, as_of)
+            sql, params = _SERIES.format(filters=sql), [width, BUCKET_ORIGIN, *params]
+        else:  # a score counts once for each symbol asked for that its article is tagged with
+            sql = ("SELECT array_position(%s::text[], t.symbol)::int4, date_bin(%s, s.timestamp, %s), "
+                   "avg(s.score)::float8, count(*)::int8 "
+                   "FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
+                   "CROSS JOIN LATERAL unnest(a.symbols) AS t(symbol) WHERE a.symbols && %s::text[] "
+                   "AND t.symbol = ANY(%s) AND s.timestamp >= %s AND s.timestamp < %s"
+                   + ("" if as_of is None else " AND a.ingested_at <= %s")
+                   + " GROUP BY t.symbol, 2 ORDER BY t.symbol, 2")
+            params = [wanted, width, BUCKET_ORIGIN, wanted, wanted, start, end] + ([] if as_of is None else [as_of])
+        with self.session("frame") as db:
+            values = fetch_columns(db, sql, params, columns)
+        return build_frame(values, None, wanted if many else None, kind)
 
 
 class EventRepository(BaseRepository[Event]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import os
-import re
 import threading
 from contextlib import contextmanager
 from decimal import Decimal
@@ -19,10 +18,11 @@ from ..repository import BaseRepository, reads
 from ..validation import UTC
 from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
 from ._csv import CsvBody, csv_header
+from ._frames import FrameStream, frame_source
+from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
-_SYMBOL_RE = re.compile(check.SYMBOL_PATTERN)
 Progress = Callable[[int], None]
 
 
@@ -115,6 +115,21 @@ def _no_gc():
                 gc.enable()
 
 
+def _resample_sql(many: bool) -> str:
+    """The SQL of :meth:`PriceRepository.resample`, also read by :meth:`~PriceRepository.frame`.
+
+    Columns ``[symbol,] bucket, open, high, low, close, volume, bars``;
+    parameters: width, origin, the symbol (``many``: a list of them), interval,
+    start, end. ``many`` groups by symbol too, ordered by symbol then bucket.
+    """
+    by = "symbol, " if many else ""
+    return (f'SELECT {by}date_bin(%s, "timestamp", %s) AS bucket, '
+            '(array_agg(open ORDER BY "timestamp"))[1] AS open, max(high) AS high, min(low) AS low, '
+            '(array_agg(close ORDER BY "timestamp" DESC))[1] AS close, sum(volume) AS volume, count(*) AS bars '
+            f'FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} AND "interval" = %s '
+            f'AND "timestamp" >= %s AND "timestamp" < %s GROUP BY {by}bucket ORDER BY {by}bucket')
+
+
 class PriceRepository(BaseRepository[Price]):
     """OHLCV bars. Served by the unique (symbol, interval, timestamp) index."""
 
@@ -156,15 +171,7 @@ class PriceRepository(BaseRepository[Price]):
         One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
         sort of the whole table as ``DISTINCT ON`` would need.
         """
-        if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
-            raise DataValidationError("symbols", symbols, "a list of symbols")
-        # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
-        valid = _SYMBOL_RE.fullmatch
-        wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else check.required_text(f"symbols[{i}]", s, 32)
-                                    for i, s in enumerate(symbols)))
-        if len(wanted) > MAX_SYMBOLS:
-            raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {MAX_SYMBOLS} symbols")
-        interval = check.interval(interval)
+        wanted, interval = check.symbol_list(symbols, 32, MAX_SYMBOLS), check.interval(interval)
         if not wanted:
             return {}
         sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
@@ -176,16 +183,17 @@ class PriceRepository(BaseRepository[Price]):
         return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
 
     def upsert_many(self, rows_or_csv_path, *, batch_size: int = 1000, interval: str = "1m",
-                    progress: Progress | None = None) -> int:
+                    progress: Progress | None = None, symbol: str | None = None) -> int:
         """Insert bars, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
 
-        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, or the
-        path of a CSV file read by the same reader with the same verdicts --
-        and ``interval`` and ``progress`` mean the same. The input is streamed
+        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, the
+        path of a CSV file read by the same reader with the same verdicts, a
+        frame or a Parquet file -- and ``interval``, ``progress`` and
+        ``symbol`` mean the same. The input is streamed
         with ``COPY`` (rows ``batch_size`` per chunk) into a temporary staging
         table that holds the rules of ``prices``, so a bad row or line is
         refused as ``copy_from`` refuses it; then one ``INSERT ... SELECT ...
-        ON CONFLICT DO UPDATE`` applies them all. A regular file is first
+        ON CONFLICT DO UPDATE`` applies them all. A regular file (or a frame) is first
         tried as new bars, straight into ``prices`` at ``copy_from``'s speed;
         the first bar already stored (or repeated) undoes that attempt and the
         file is read again through the staging table (so a file whose first
@@ -197,11 +205,11 @@ class PriceRepository(BaseRepository[Price]):
         database, which PostgreSQL grants to PUBLIC (``sql/roles.sql``).
         """
         batch_size = check.limit(batch_size, "batch_size")
-        with self._source(rows_or_csv_path, interval, progress, batch_size) as source:
+        with self._source(rows_or_csv_path, interval, progress, batch_size, symbol) as source:
             if source is None:
                 return 0
             with self.session("upsert_many") as db:
-                if isinstance(source, CsvBody):
+                if isinstance(source, (CsvBody, FrameStream)):
                     count, source = self._copy_new(db, source)
                     if source is None:
                         return count
@@ -212,8 +220,8 @@ class PriceRepository(BaseRepository[Price]):
         return count
 
     @staticmethod
-    def _copy_new(db, body: CsvBody) -> tuple[int, CsvBody | None]:
-        """Try a file as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
+    def _copy_new(db, body: CsvBody | FrameStream) -> tuple[int, CsvBody | FrameStream | None]:
+        """Try a file (or a frame) as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
 
         ``INSERT ... ON CONFLICT`` costs twice a plain insert and ``COPY``
         batches its writes, so a file of new bars loads at ``copy_from``'s
@@ -232,7 +240,8 @@ class PriceRepository(BaseRepository[Price]):
         db.execute_sql("RELEASE SAVEPOINT marketstore_upsert_new")
         return count, None
 
-    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None) -> int:
+    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None,
+                  symbol: str | None = None) -> int:
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
         ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
@@ -265,8 +274,15 @@ class PriceRepository(BaseRepository[Price]):
         ``interval`` is the interval of rows (or a file) that give none;
         ``progress``, if given, is called with the number of bytes of the
         file read since its last call (for a progress bar).
+
+        Frames (the ``frames`` extra): a pandas or polars DataFrame or a
+        pyarrow Table, its columns by name (the timestamp may be the index,
+        and ``symbol=`` names the symbol of a frame without that column), or
+        the path of a ``.parquet`` file (read one record batch at a time).
+        Checked column by column, vectorised; errors name the ``row``
+        (1-based position in the frame or file). See :mod:`._frames`.
         """
-        with self._source(rows_or_csv_path, interval, progress) as source:
+        with self._source(rows_or_csv_path, interval, progress, symbol=symbol) as source:
             if source is None:
                 return 0
             with self.session("copy_from") as db:
@@ -275,15 +291,20 @@ class PriceRepository(BaseRepository[Price]):
     @staticmethod
     @contextmanager
     def _source(rows_or_csv_path, interval: str, progress: Progress | None,
-                rows_per_read: int = 2000) -> Iterator[RowStream | CsvBody | None]:
+                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[RowStream | CsvBody | None]:
         """``rows_or_csv_path`` as a COPY source (``None``: an empty file, no rows).
 
-        A ``str`` or path-like is a CSV file, opened (and its header read) here,
-        before any transaction: a missing file starts none.
+        A ``str`` or path-like is a CSV file (a Parquet file if it ends in
+        ``.parquet``), opened (and its header read) here, before any
+        transaction: a missing file starts none.
         """
         interval = check.interval(interval)
         if progress is not None and not callable(progress):
             raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
+        frame = frame_source(rows_or_csv_path, interval, symbol, progress)
+        if frame is not None:
+            yield frame
+            return
         if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
             # Iterating a query runs it: before the session there is no connection, and
             # inside it the connection is busy with the COPY.
@@ -319,14 +340,46 @@ class PriceRepository(BaseRepository[Price]):
         symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
         start, end = check.span(start, end)
         width = check.bucket(bucket)
-        sql = ('SELECT date_bin(%s, "timestamp", %s) AS bucket, '
-               '(array_agg(open ORDER BY "timestamp"))[1], max(high), min(low), '
-               '(array_agg(close ORDER BY "timestamp" DESC))[1], sum(volume), count(*) '
-               'FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s '
-               'GROUP BY 1 ORDER BY 1')
         with self.session("resample") as db:
-            rows = db.execute_sql(sql, (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
+            rows = db.execute_sql(_resample_sql(False), (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
         return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
+
+    @reads
+    def frame(self, symbols, start, end, *, interval: str = "1m", bucket=None, library: str = "pandas"):
+        """Bars in ``[start, end)`` as a frame (the ``frames`` extra), oldest first.
+
+        ``symbols`` is one symbol (a ``str``) or a list. pandas (the default):
+        indexed by a UTC ``DatetimeIndex`` named ``timestamp`` -- by
+        (``symbol``, ``timestamp``) for a list, ordered by symbol then time --
+        with float64 columns ``open high low close volume``. ``bucket`` (as
+        for :meth:`resample`, whose SQL it runs) resamples on the server and
+        adds the int64 column ``bars`` (source bars per bucket), labelled by
+        the bucket's start. ``library="polars"`` or ``"arrow"`` returns a
+        polars DataFrame or a pyarrow Table, with ``timestamp`` (and
+        ``symbol``) as leading columns. Read with binary ``COPY`` (see
+        :mod:`._frames_out`). Raises ``DataValidationError`` for a bad
+        parameter, ``MissingExtraError`` without the extra.
+        """
+        many = not isinstance(symbols, str)
+        wanted = check.symbol_list(symbols, 32, MAX_SYMBOLS) if many else [check.required_text("symbol", symbols, 32)]
+        interval, (start, end) = check.interval(interval), check.span(start, end)
+        kind, width = check_library(library), None if bucket is None else check.bucket(bucket)
+        numbers = ("open", "high", "low", "close", "volume") + (("bars",) if width is not None else ())
+        columns = [("symbol", "int4")] if many else []
+        columns += [("timestamp", "timestamptz")] + [(n, "int8" if n == "bars" else "float8") for n in numbers]
+        position = "array_position(%s::text[], symbol)::int4, " if many else ""
+        casts = ", ".join(f"{n}::{t}" for n, t in columns[len(columns) - len(numbers):])
+        order = "symbol, " if many else ""
+        if width is None:
+            sql = (f'SELECT {position}"timestamp", {casts} FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} '
+                   f'AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s ORDER BY {order}"timestamp"')
+            params = [wanted if many else wanted[0], interval, start, end]
+        else:
+            sql = f"SELECT {position}bucket, {casts} FROM ({_resample_sql(many)}) AS r ORDER BY {order}bucket"
+            params = [width, BUCKET_ORIGIN, wanted if many else wanted[0], interval, start, end]
+        with self.session("frame") as db:
+            values = fetch_columns(db, sql, ([wanted] if many else []) + params, columns)
+        return build_frame(values, None, wanted if many else None, kind)
 
     @reads
     def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:
