@@ -61,6 +61,10 @@ def new_bar(w: World, minute: int) -> dict:
             "low": 1, "close": 2, "volume": 3}
 
 
+def frame_of(rows: list[dict]):
+    return pytest.importorskip("pandas").DataFrame(rows)
+
+
 # (call, check): check(result, world) must be true; timestamps must come back in UTC.
 SWEEP = {
     "PriceRepository.create": (lambda w: w.price.create(**new_bar(w, 0)), lambda r, w: utc(r.timestamp)),
@@ -178,6 +182,13 @@ SWEEP = {
     "OrderRepository.history": (lambda w: w.order.history(w.order.transition(w.order.create(
         order_id=f"h-{uuid.uuid4().hex}", symbol=w.symbol, order_type="market", side="buy", quantity=2).order_id,
         "cancelled").order_id), lambda r, w: [e.to_status for e in r] == ["cancelled"] and utc(r[0].timestamp)),
+    # Frames (the dev extra installs pandas): timestamps must come back in UTC there too.
+    "PriceRepository.frame": (lambda w: w.price.frame(w.symbol, T0, T0 + dt.timedelta(minutes=3)),
+                              lambda r, w: len(r) == 3 and str(r.index.tz) == "UTC" and r.index[0] == T0),
+    "PriceRepository.copy_from[frame]": (lambda w: w.price.copy_from(frame_of([new_bar(w, 6), new_bar(w, 7)])),
+                                         lambda r, w: r == 2),
+    "SentimentScoreRepository.frame": (lambda w: w.sentiment.frame(w.symbol, T0 - DAY, T0 + DAY),
+                                       lambda r, w: int(r["count"].sum()) >= 1 and str(r.index.tz) == "UTC"),
     "BacktestResultRepository.create": (lambda w: w.backtest.create(name="n", config={"a": 1}), lambda r, w: utc(r.created_at)),
     "BacktestResultRepository.get_by_id": (lambda w: w.backtest.get_by_id(w.bt.id), lambda r, w: r == w.bt),
     "BacktestResultRepository.get": (lambda w: w.backtest.get(w.bt.id), lambda r, w: r == w.bt),
