@@ -253,6 +253,7 @@ class RowStream:
 
     def __init__(self, rows: Iterable, interval: str, rows_per_read: int = 2000, rows_per_copy: int = 20_000):
         self._rows, self._interval, self._rows_per_read = rows, interval, rows_per_read
+        self._fast = line_formatter(interval)
         self._indexed = isinstance(rows, Sequence)
         self._rows_per_copy = None if self._indexed else rows_per_copy
         self._source: Iterator = iter(())
@@ -325,7 +326,7 @@ class RowStream:
                 return error.at(row=number)
         # Validation would take the row (or it is gone): the server's own words.
         rule = exc.diag.constraint_name
-        return DataValidationError(column or "row", quoted if quoted is not None else data,
+        return DataValidationError(column or "row", quoted if quoted is not None or data is _END else data,
                                    f"a row within the rule {rule}" if rule
                                    else f"a value the server accepts (it said: {exc.diag.message_primary})",
                                    row=number)
@@ -334,7 +335,6 @@ class RowStream:
         """COPY every row into ``table`` on the session's connection; returns the number of rows."""
         self._source = iter(self._rows)
         self._next = next(self._source, _END)
-        self._fast = line_formatter(self._interval)
         sql = f"COPY {table} ({COPY_COLUMNS}) FROM STDIN"
         while True:
             self._first, self._kept, self._left = self.rows, [], self._rows_per_copy or 0
