@@ -175,9 +175,11 @@ def resample_pandas(conn, symbol, start, end, rule="1h", interval="1m"):
 class RawPool:
     """``psycopg2.pool.ThreadedConnectionPool``: getconn, one statement, commit, putconn."""
 
-    def __init__(self, url: str, maxconn: int = 30):
-        self.pool = psycopg2.pool.ThreadedConnectionPool(
-            1, maxconn, url, options="-c timezone=UTC", application_name="marketstore-bench")
+    def __init__(self, url: str, maxconn: int = 30, *, options: str | None = "-c timezone=UTC"):
+        # options=None: nothing PgBouncer (transaction mode) refuses at connect
+        extra = {} if options is None else {"options": options}
+        self.pool = psycopg2.pool.ThreadedConnectionPool(1, maxconn, url, application_name="marketstore-bench",
+                                                         **extra)
 
     def transaction(self, sql: str, params):
         conn = self.pool.getconn()

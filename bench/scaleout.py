@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Iterator
 
 import psycopg2
-import psycopg2.pool
 
 import marketstore
 from marketstore import DatabaseConnection, PriceRepository
@@ -31,6 +30,7 @@ from marketstore import DatabaseConnection, PriceRepository
 from .cases import SELECT_ONE, SESSION_THREADS, case, run_threads
 from .checks import expect
 from .context import Context
+from .references import RawPool
 from .harness import Comparison, Contender, Target
 
 _TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -48,40 +48,11 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 STATEMENT_TIMEOUT_MS = 30_000  # so that both SET LOCALs are sent, as in production
 
 
-class RawBouncerPool:
-    """``ThreadedConnectionPool`` through PgBouncer: BEGIN, one statement, COMMIT; nothing at connect."""
-
-    def __init__(self, url: str, maxconn: int = 30):
-        self.pool = psycopg2.pool.ThreadedConnectionPool(1, maxconn, url, application_name="marketstore-bench")
-
-    def transaction(self, sql: str, params):
-        conn = self.pool.getconn()
-        try:
-            with conn.cursor() as cur:  # psycopg2 sends BEGIN before it
-                cur.execute(sql, params)
-                value = cur.fetchone()[0]
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            self.pool.putconn(conn)
-        return value
-
-    def close(self) -> None:
-        self.pool.closeall()
-
-
 def _servers(ctx: Context):
     """Primary (migrated, loaded), standby caught up, PgBouncer or None; all closed with ``ctx``."""
     primary = Cluster.create(wal_level="replica", max_wal_senders=5, hot_standby="on")
     ctx.closers.append(primary.destroy)
-    admin = psycopg2.connect(primary.url())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{DBNAME}"')
-    admin.close()
-    loader = DatabaseConnection().initialize(primary.url(DBNAME))
+    loader = DatabaseConnection().initialize(primary.create_database(DBNAME, migrate=False))
     try:
         marketstore.DatabaseMigration(loader).migrate()
         PriceRepository(loader).copy_from(
@@ -130,7 +101,7 @@ def scaleout(ctx: Context) -> Iterator[Comparison]:
     ids = [[t * per_thread + i for i in range(per_thread)] for t in range(SESSION_THREADS)]
     if bouncer is not None:
         url = bouncer.url(DBNAME)
-        raw = RawBouncerPool(url)
+        raw = RawPool(url, options=None)
         ctx.closers.append(raw.close)
         pooled = DatabaseConnection().initialize(url, pooler="transaction")
         timed = DatabaseConnection().initialize(url, pooler="transaction", statement_timeout=STATEMENT_TIMEOUT_MS)

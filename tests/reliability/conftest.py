@@ -29,12 +29,7 @@ def cluster():
         pytest.skip(str(exc))
     atexit.register(server.destroy)  # if pytest dies before the finalizer runs
     try:
-        admin = psycopg2.connect(server.url())
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{DBNAME}"')
-        admin.close()
-        marketstore.run_migrations(server.url(DBNAME))
+        server.create_database(DBNAME)
         yield server
     finally:
         marketstore.close_database()

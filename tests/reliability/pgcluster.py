@@ -26,6 +26,10 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg2
+
+import marketstore
+
 SUPERUSER = "postgres"
 START_TIMEOUT = 60  # seconds pg_ctl waits for start/stop
 
@@ -190,6 +194,19 @@ class Cluster:
             standby.destroy()
             raise
         return standby
+
+    def create_database(self, name: str, migrate: bool = True) -> str:
+        """Create database ``name`` (migrated by ``run_migrations`` unless ``migrate=False``); returns its URL."""
+        admin = psycopg2.connect(self.url())
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            admin.close()
+        if migrate:
+            marketstore.run_migrations(self.url(name))
+        return self.url(name)
 
     def kill(self) -> None:
         """Stop the server at once, as a crash would (``pg_ctl stop -m immediate``); :meth:`start` recovers."""

@@ -39,12 +39,7 @@ def primary():
         pytest.skip(str(exc))
     atexit.register(server.destroy)  # if pytest dies before the finalizer runs
     try:
-        admin = psycopg2.connect(server.url())
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{DBNAME}"')
-        admin.close()
-        marketstore.run_migrations(server.url(DBNAME))
+        server.create_database(DBNAME)
         marketstore.close_database()
         yield server
     finally:

@@ -60,12 +60,7 @@ def small_server():
         pytest.skip(str(exc))
     atexit.register(server.destroy)
     try:
-        admin = psycopg2.connect(server.url())
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{DBNAME}"')
-        admin.close()
-        marketstore.run_migrations(server.url(DBNAME))
+        server.create_database(DBNAME)
         conn = psycopg2.connect(server.url(DBNAME))
         with conn, conn.cursor() as cur:
             cur.execute("INSERT INTO prices (symbol, timestamp, open, high, low, close, volume) "
