@@ -96,9 +96,11 @@ class ArticleRepository(BaseRepository[Article]):
         """
         url = check.required_text("url", url, 2048)
         row = Article.validate({**data, "url": url})
-        insert = (Article.insert(row).on_conflict(action="IGNORE", conflict_target=[Article.url])
-                  .returning(*_ARTICLE_FIELDS).objects(Article))
         with self.session("create_if_new"):
+            # Built inside the session: Peewee 3 asks the model's database about RETURNING when
+            # an insert is made, and only here does the proxy reach this repository's connection.
+            insert = (Article.insert(row).on_conflict(action="IGNORE", conflict_target=[Article.url])
+                      .returning(*_ARTICLE_FIELDS).objects(Article))
             for _ in range(3):  # the existing row may be deleted between the two statements
                 inserted = list(insert.clone().execute())
                 if inserted:
