@@ -6,6 +6,8 @@ import logging
 import time
 from contextlib import contextmanager
 
+import psycopg2
+
 from marketstore import (
     ArticleRepository,
     BacktestResult,
@@ -81,3 +83,14 @@ def sent_statements():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def execute(url: str, sql: str) -> None:
+    """Run ``sql`` on a fresh autocommit connection to ``url`` (DDL, CREATE/DROP DATABASE)."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()

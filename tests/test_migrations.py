@@ -21,6 +21,8 @@ from marketstore import DatabaseConnection, DatabaseMigration, run_migrations
 from marketstore.migrations import migrations_dir
 from marketstore.models import MODELS
 
+from helpers import execute
+
 TABLES = {model._meta.table_name for model in MODELS}
 # Every migration file, in order: later issues add files, these tests keep working.
 MIGRATIONS = sorted(path.stem for path in migrations_dir().glob("[0-9][0-9][0-9]_*.py"))
@@ -68,15 +70,6 @@ def query(url: str, sql: str, params=None) -> list[tuple]:
     finally:
         conn.close()
 
-
-def execute(url: str, sql: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def tables(url: str) -> set[str]:

@@ -20,21 +20,13 @@ from marketstore.migrations import migrations_dir
 from marketstore.models import MODELS
 
 from cli_helpers import fails, run
+from helpers import execute
 
 MIGRATIONS = sorted(path.stem for path in migrations_dir().glob("[0-9][0-9][0-9]_*.py"))
 # The tables whose models declare CHECK constraints: the comparisons a standby cannot make.
 CHECKED_TABLES = sorted(m._meta.table_name for m in MODELS
                         if any(" CHECK (" in getattr(c, "sql", "") for c in m._meta.constraints or ()))
 
-
-def execute(url: str, sql: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
