@@ -15,7 +15,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from typing import Iterator
 
 import marketstore
@@ -214,7 +213,7 @@ def _probe(url: str, n: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from .memprobe import reset_peak, status_mb
+    from .memprobe import peak_of
 
     rng = np.random.default_rng(5)
     symbols = np.array(data.SYMBOLS)[np.arange(n) % len(data.SYMBOLS)]
@@ -237,16 +236,10 @@ def _probe(url: str, n: int) -> dict:
     import gc
 
     gc.collect()
-    baseline = status_mb("VmRSS")
-    reset_peak()
-    started = time.perf_counter()
-    count = repo.copy_from(frame)
-    elapsed = time.perf_counter() - started
-    peak = status_mb("VmHWM")
+    measured = peak_of(lambda: repo.copy_from(frame))
     marketstore.close_database()
-    frame_mb = frame.memory_usage(deep=True).sum() / 2**20
-    return {"count": count, "seconds": elapsed, "frame_mb": frame_mb, "baseline_mb": baseline, "peak_mb": peak,
-            "peak_above_mb": peak - baseline}
+    return {**measured, "frame_mb": frame.memory_usage(deep=True).sum() / 2**20,
+            "peak_above_mb": measured["peak_mb"] - measured["baseline_mb"]}
 
 
 if __name__ == "__main__":

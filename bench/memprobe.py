@@ -33,6 +33,16 @@ def reset_peak() -> None:
         pass
 
 
+def peak_of(load) -> dict:
+    """Run ``load()`` and measure it: ``{count, seconds, baseline_mb, peak_mb}`` (RSS before, peak during)."""
+    baseline = status_mb("VmRSS")
+    reset_peak()
+    started = time.perf_counter()
+    count = load()
+    elapsed = time.perf_counter() - started
+    return {"count": count, "seconds": elapsed, "baseline_mb": baseline, "peak_mb": status_mb("VmHWM")}
+
+
 def main(url: str, path: str) -> None:
     import marketstore
 
@@ -40,14 +50,9 @@ def main(url: str, path: str) -> None:
     repo = marketstore.PriceRepository()
     with marketstore.get_db_session() as db:
         db.execute_sql("SELECT 1").fetchone()
-    baseline = status_mb("VmRSS")
-    reset_peak()
-    started = time.perf_counter()
-    count = repo.copy_from(path)
-    elapsed = time.perf_counter() - started
-    peak = status_mb("VmHWM")
+    measured = peak_of(lambda: repo.copy_from(path))
     marketstore.close_database()
-    print(json.dumps({"count": count, "seconds": elapsed, "baseline_mb": baseline, "peak_mb": peak}))
+    print(json.dumps(measured))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class DatabaseMigration:
         """Names of the migration files not yet applied (only reads, as :meth:`applied`)."""
         with self.connection.session("pending") as db:
             done = set(_history(db))
-        return [name for name in self._router(db).todo if name not in done]
+            return [name for name in self._router(db).todo if name not in done]
 
     def verify_schema(self) -> list[str]:
         """Differences between the models and the live database; ``[]`` when healthy.

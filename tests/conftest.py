@@ -14,7 +14,8 @@ import psycopg2
 import pytest
 
 import marketstore
-from marketstore.models import MODELS
+
+from helpers import truncate_all
 
 
 def with_database(url: str, name: str) -> str:
@@ -74,19 +75,10 @@ def raw(database_url):
     conn.close()
 
 
-def _truncate(url: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        tables = ", ".join(m._meta.table_name for m in MODELS)
-        cur.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    conn.close()
-
-
 @pytest.fixture
 def db(database_url):
     """``marketstore.db_connection`` initialized on empty tables; closed afterwards."""
-    _truncate(database_url)
+    truncate_all(database_url)
     connection = marketstore.initialize_database(database_url, pool_timeout=5)
     yield connection
     marketstore.close_database()

@@ -25,7 +25,7 @@ from marketstore import (
     TradingSignal,
     TradingSignalRepository,
 )
-from marketstore.models import Article
+from marketstore.models import MODELS, Article
 
 SERVER_TIMEOUT = 10.0  # upper bound for the server to notice a closed socket
 
@@ -94,3 +94,8 @@ def execute(url: str, sql: str) -> None:
             cur.execute(sql)
     finally:
         conn.close()
+
+
+def truncate_all(url: str) -> None:
+    """Empty every table of the models (ids restarted), from a fresh connection."""
+    execute(url, f"TRUNCATE {', '.join(m._meta.table_name for m in MODELS)} RESTART IDENTITY CASCADE")

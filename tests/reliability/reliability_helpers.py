@@ -12,7 +12,7 @@ import psycopg2
 
 import marketstore
 from marketstore.models import MODELS
-from helpers import count_rows, eventually  # noqa: F401 (re-exported to the reliability tests)
+from helpers import count_rows, eventually, truncate_all  # noqa: F401 (re-exported to the reliability tests)
 
 UTC = dt.timezone.utc
 DBNAME = "marketstore"  # the migrated database on the throwaway cluster
@@ -50,16 +50,6 @@ def kill_backend(admin, pid: int, wait: bool = True) -> bool:
                                         (pid,))[0][0], 0)
         assert gone == 0, f"backend {pid} survived pg_terminate_backend"
     return killed
-
-
-def truncate_all(url: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"TRUNCATE {', '.join(m._meta.table_name for m in MODELS)} RESTART IDENTITY CASCADE")
-    finally:
-        conn.close()
 
 
 def backend_pid(db) -> int:
