@@ -183,8 +183,7 @@ class DatabaseMigration:
             "SELECT conname, contype, confdeltype, confrelid::regclass::text FROM pg_constraint "
             "WHERE conrelid = %s::regclass AND contype IN ('c', 'f')", (table,))
         constraints = {name: (kind, action, ref) for name, kind, action, ref in cursor.fetchall()}
-        checks = dict(re.findall(r"CONSTRAINT (\w+) CHECK \((.*)\)$", "\n".join(
-            clause.sql for clause in model._meta.constraints or ()), re.M))
+        checks = model._meta.rules.constraints()
         for name in checks:
             if constraints.pop(name, None) is None:
                 problems.append(f"{table}: check constraint {name} missing")

@@ -11,7 +11,6 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import re
 from typing import Any, Mapping
 
 from peewee import (
@@ -20,8 +19,8 @@ from peewee import (
     CharField,
     DecimalField,
     DoubleField,
-    Field,
     ForeignKeyField,
+    Metadata,
     Model,
     SmallIntegerField,
     TextField,
@@ -30,15 +29,23 @@ from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField,
 
 from .database import database_proxy  # re-exported: the models' database
 from .errors import DataValidationError
-from .validation import (
-    INTERVAL_PATTERN,
-    MAX_TEXT_CHARS,
+from .rules import (
+    SYMBOL_LENGTH,
     SYMBOL_PATTERN,
-    UTC,
-    field_value,
+    AtMost,
+    Between,
+    Bound,
+    Choice,
+    IntervalText,
+    Length,
+    Matches,
+    NotNaN,
+    Ordered,
+    RequiredUnless,
+    Rules,
+    Span,
 )
-
-
+from .validation import MAX_TEXT_CHARS, UTC, field_value
 
 SIGNAL_TYPES = ("buy", "sell", "hold")
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
@@ -46,14 +53,20 @@ ORDER_SIDES = ("buy", "sell")
 ORDER_STATUSES = ("pending", "submitted", "partially_filled", "filled", "cancelled", "rejected")
 
 
-def checked(field: Field, *, ge=None, gt=None, le=None, choices=None, pattern=None,
-            max_length=None, server_default=False) -> Field:
-    """Attach Python-side rules to ``field`` (read by :meth:`BaseModel.validate`)."""
-    field.rules = {"ge": ge, "gt": gt, "le": le, "choices": choices,
-                   "pattern": re.compile(pattern) if pattern else None,
-                   "max_length": max_length}
-    field.server_default = server_default
-    return field
+class RuledMetadata(Metadata):
+    """Peewee's model metadata plus ``rules``: the CHECK constraints are derived from them.
+
+    ``Meta.rules`` maps a CHECK's name (without the table prefix) to the
+    rules it holds; ``_meta.rules`` is the :class:`~marketstore.rules.Rules`
+    that validation, frames and the COPY paths read at call time.
+    """
+
+    def __init__(self, model, rules: Mapping | None = None, **kwargs):
+        super().__init__(model, **kwargs)
+        self.rules = Rules(self.table_name, dict(rules or {}))
+        derived = [SQL(f"CONSTRAINT {name} CHECK ({condition})")
+                   for name, condition in self.rules.constraints().items()]
+        self.constraints = list(self.constraints or []) + derived
 
 
 class UTCDateTimeField(DateTimeTZField):
@@ -83,7 +96,9 @@ class GeneratedTSVectorField(TSVectorField):
 
 
 def _server_now(**kwargs) -> UTCDateTimeField:
-    return checked(UTCDateTimeField(constraints=[SQL("DEFAULT now()")], **kwargs), server_default=True)
+    field = UTCDateTimeField(constraints=[SQL("DEFAULT now()")], **kwargs)
+    field.server_default = True  # required, but the database fills it in: validation lets it be absent
+    return field
 
 
 def _money(**kwargs) -> DecimalField:
@@ -107,19 +122,15 @@ def _document(default=None, index: bool = False) -> BinaryJSONField:
 
 
 def _symbol(**kwargs) -> CharField:
-    return checked(CharField(max_length=32, **kwargs), pattern=SYMBOL_PATTERN)
+    return CharField(max_length=SYMBOL_LENGTH, **kwargs)
 
 
-def _enum(values, **kwargs) -> CharField:
-    return checked(CharField(max_length=16, **kwargs), choices=values)
+def _enum(**kwargs) -> CharField:
+    return CharField(max_length=16, **kwargs)
 
 
-def _in(column: str, values) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-def _check(table: str, name: str, condition: str) -> SQL:
-    return SQL(f"CONSTRAINT {table}_{name} CHECK ({condition})")
+def _symbol_rule(field: str = "symbol") -> Matches:
+    return Matches(field, SYMBOL_PATTERN)
 
 
 def canonical_json(document: Any) -> str:
@@ -132,17 +143,23 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
-# -- validation (the checks themselves: marketstore.validation) ----------------
+# -- validation (the type checks: marketstore.validation; the value rules: Meta.rules) ----------
 def _fail(field: str, value, expected: str):
     raise DataValidationError(field, value, expected)
 
 
 class BaseModel(Model):
-    """Abstract base: binds to :data:`database_proxy` and validates every write."""
+    """Abstract base: binds to :data:`database_proxy` and validates every write.
+
+    A model's value rules are declared once in ``Meta.rules`` (CHECK name ->
+    rules, see :mod:`marketstore.rules`): the table's CHECK constraints,
+    :meth:`validate`, the frame checks and the COPY paths all derive from them.
+    """
 
     class Meta:
         database = database_proxy
         legacy_table_names = False
+        model_metadata_class = RuledMetadata
 
     @classmethod
     def validate(cls, data: Mapping[str, Any], *, partial: bool = False) -> dict:
@@ -165,8 +182,12 @@ class BaseModel(Model):
                 row[name] = None
             else:
                 row[name] = field_value(name, field, value)
-        # Before the required-field check: check_row may derive fields (config_hash).
-        cls.check_row(row, partial=partial)
+        # Before the required-field check: derive() may fill fields in (config_hash).
+        cls.derive(row, partial=partial)
+        broken = cls._meta.rules.violation(row, partial)
+        if broken is not None:
+            # The value as given, not as normalised: 4e-9 is what the caller wrote, not 0E-8.
+            raise DataValidationError(broken.field, data.get(broken.field, broken.value), broken.expected)
         if not partial:
             for name, field in fields.items():
                 if (name not in row and not field.null and not field.primary_key
@@ -175,8 +196,8 @@ class BaseModel(Model):
         return row
 
     @classmethod
-    def check_row(cls, row: dict, partial: bool = False) -> None:
-        """Cross-field rules on normalised values; with ``partial``, fields may be absent."""
+    def derive(cls, row: dict, partial: bool = False) -> None:
+        """Fill in fields computed from others (before the rules are judged)."""
 
     def save(self, *args, **kwargs):
         self.__data__.update(type(self).validate(self.__data__, partial=self._pk is not None))
@@ -189,44 +210,54 @@ class Price(BaseModel):
     id = BigAutoField()  # bars run into billions of rows
     symbol = _symbol()
     timestamp = UTCDateTimeField()
-    open = checked(_money(), gt=0)
-    high = checked(_money(), gt=0)
-    low = checked(_money(), gt=0)
-    close = checked(_money(), gt=0)
-    volume = checked(DecimalField(max_digits=28, decimal_places=8, auto_round=False), ge=0)
-    interval = checked(CharField(max_length=8, default="1m", constraints=_default("'1m'")),
-                       pattern=INTERVAL_PATTERN)
+    open = _money()
+    high = _money()
+    low = _money()
+    close = _money()
+    volume = DecimalField(max_digits=28, decimal_places=8, auto_round=False)
+    interval = CharField(max_length=8, default="1m", constraints=_default("'1m'"))
 
     class Meta:
         table_name = "prices"
         indexes = ((("symbol", "interval", "timestamp"), True),)
-        constraints = [
-            _check("prices", "ohlc_check",
-                   "low > 0 AND low <= open AND low <= close AND open <= high AND close <= high"),
-            _check("prices", "volume_check", "volume >= 0"),
-            # Migration 003: NaN passes the checks above (it sorts above every number);
-            # the patterns hold rows that COPY streams straight to the server.
-            _check("prices", "nan_check", "high <> 'NaN' AND volume <> 'NaN'"),
-            _check("prices", "symbol_check", r"symbol ~ '^[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]*$'"),
-            # Migration 004: at most four digits, as INTERVAL_PATTERN; the years a Python
-            # datetime holds (no 'infinity'), so every stored bar can be read.
-            _check("prices", "interval_check",
-                   "\"interval\" ~ '^[1-9][0-9]*(s|m|h|d|w|mo)$' AND length(rtrim(\"interval\", 'smhdwo')) <= 4"),
-            _check("prices", "timestamp_check",
-                   "\"timestamp\" >= '0001-01-01 00:00:00+00' AND \"timestamp\" < '10000-01-01 00:00:00+00'"),
-        ]
+        rules = {
+            "ohlc_check": tuple(Bound(name, ">", 0) for name in ("open", "high", "low", "close"))
+            + (Ordered("low", ("open", "close"), "high"),),
+            "volume_check": (Bound("volume", ">=", 0),),
+            # NaN passes the checks above (it sorts above every number); a finite high bounds the others.
+            "nan_check": (NotNaN("high", "volume"),),
+            # COPY streams rows straight to the server: these hold them as validation holds a row.
+            "symbol_check": (_symbol_rule(),),
+            "interval_check": (IntervalText("interval"),),
+            # The years a Python datetime holds (no 'infinity'), so every stored bar can be read.
+            "timestamp_check": (Span("timestamp"),),
+        }
 
-    @classmethod
-    def check_row(cls, row, partial=False):
-        low, high = row.get("low"), row.get("high")
-        if low is not None and high is not None and high < low:
-            _fail("high", high, f"high >= low ({low})")
-        for name in ("open", "close"):
-            value = row.get(name)
-            if value is not None and low is not None and value < low:
-                _fail(name, value, f"{name} >= low ({low})")
-            if value is not None and high is not None and value > high:
-                _fail(name, value, f"{name} <= high ({high})")
+
+PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
+"""The columns of a price row as given: ``copy_from`` sequences, CSV headers, frames (``interval`` optional)."""
+
+
+def validate_price_row(data, interval: str = Price.interval.default) -> dict:
+    """One input row of prices (a mapping, or a sequence in :data:`PRICE_COLUMNS` order), validated.
+
+    A row without an interval gets ``interval``. Every bulk path (rows, CSV,
+    frames) asks this for the verdict on a row it doubts or the server
+    refused, so a row gets one verdict whichever path carries it.
+    ``DataValidationError`` names the bare field (``row`` for a row of the wrong shape).
+    """
+    if isinstance(data, Mapping):
+        row = dict(data)
+    elif isinstance(data, (list, tuple)) and len(data) in (len(PRICE_COLUMNS) - 1, len(PRICE_COLUMNS)):
+        row = dict(zip(PRICE_COLUMNS, data))
+    else:
+        raise DataValidationError("row", data, f"a mapping or a sequence of {', '.join(PRICE_COLUMNS)} "
+                                               "(interval optional)")
+    for name in row:
+        if name not in PRICE_COLUMNS:
+            raise DataValidationError(name, row[name], f"one of the columns {', '.join(PRICE_COLUMNS)}")
+    row.setdefault("interval", interval)
+    return Price.validate(row)
 
 
 # Title weighted A, content B. Only the first 100,000 characters of content are
@@ -243,10 +274,10 @@ ARTICLE_SEARCH_VECTOR = (
 class Article(BaseModel):
     """A news article; ``ingested_at`` (when we learnt of it) is set by the database."""
 
-    title = checked(TextField(), max_length=1000)
-    content = checked(TextField(null=True), max_length=MAX_TEXT_CHARS)
+    title = TextField()
+    content = TextField(null=True)
     source = CharField(max_length=128, null=True)
-    url = checked(TextField(null=True, unique=True), max_length=2048)
+    url = TextField(null=True, unique=True)
     published_at = UTCDateTimeField(null=True, index=True)
     ingested_at = _server_now()
     symbols = _text_array(index=True)  # GIN: for_symbol
@@ -256,25 +287,30 @@ class Article(BaseModel):
 
     class Meta:
         table_name = "articles"
+        rules = {
+            "title_length": (Length("title", 1000),),
+            "content_length": (Length("content", MAX_TEXT_CHARS),),
+            "url_length": (Length("url", 2048),),
+        }
 
 
 class SentimentScore(BaseModel):
     """A scorer's sentiment for one article, in [-1, 1]."""
 
     article = ForeignKeyField(Article, backref="sentiment_scores", on_delete="CASCADE", index=True)
-    score = checked(DoubleField(), ge=-1, le=1)
-    confidence = checked(DoubleField(), ge=0, le=1)
+    score = DoubleField()
+    confidence = DoubleField()
     keywords_positive = _text_array()
     keywords_negative = _text_array()
-    model = checked(CharField(max_length=64), max_length=64)
+    model = CharField(max_length=64)
     timestamp = _server_now(index=True)
 
     class Meta:
         table_name = "sentiment_scores"
-        constraints = [
-            _check("sentiment_scores", "score_check", "score BETWEEN -1 AND 1"),
-            _check("sentiment_scores", "confidence_check", "confidence BETWEEN 0 AND 1"),
-        ]
+        rules = {
+            "score_check": (Between("score", -1, 1),),
+            "confidence_check": (Between("confidence", 0, 1),),
+        }
 
 
 class Event(BaseModel):
@@ -283,22 +319,22 @@ class Event(BaseModel):
     article = ForeignKeyField(Article, backref="events", null=True, on_delete="SET NULL", index=True)
     symbols = _text_array()
     event_type = CharField(max_length=64, index=True)
-    severity = checked(SmallIntegerField(index=True), ge=1, le=5)
+    severity = SmallIntegerField(index=True)
     keywords = _text_array()
     details = _document(default=dict)
     timestamp = _server_now(index=True)
 
     class Meta:
         table_name = "events"
-        constraints = [_check("events", "severity_check", "severity BETWEEN 1 AND 5")]
+        rules = {"severity_check": (Between("severity", 1, 5),)}
 
 
 class TradingSignal(BaseModel):
     """A buy/sell/hold signal with its composite market score and components."""
 
     symbol = _symbol()
-    signal_type = _enum(SIGNAL_TYPES, index=True)
-    cms_score = checked(DoubleField(), ge=-1, le=1)
+    signal_type = _enum(index=True)
+    cms_score = DoubleField()
     sentiment_component = DoubleField(null=True)
     technical_component = DoubleField(null=True)
     regime_component = DoubleField(null=True)
@@ -308,10 +344,11 @@ class TradingSignal(BaseModel):
     class Meta:
         table_name = "trading_signals"
         indexes = ((("symbol", "timestamp"), False),)
-        constraints = [
-            _check("trading_signals", "signal_type_check", _in("signal_type", SIGNAL_TYPES)),
-            _check("trading_signals", "cms_score_check", "cms_score BETWEEN -1 AND 1"),
-        ]
+        rules = {
+            "signal_type_check": (Choice("signal_type", SIGNAL_TYPES),),
+            "cms_score_check": (Between("cms_score", -1, 1),),
+            "symbol_check": (_symbol_rule(),),
+        }
 
 
 class Order(BaseModel):
@@ -319,42 +356,30 @@ class Order(BaseModel):
 
     order_id = CharField(max_length=64, unique=True)
     symbol = _symbol()
-    order_type = _enum(ORDER_TYPES)
-    side = _enum(ORDER_SIDES)
-    quantity = checked(_money(), gt=0)
-    price = checked(_money(null=True), gt=0)
-    status = _enum(ORDER_STATUSES, default="pending", index=True, constraints=_default("'pending'"))
+    order_type = _enum()
+    side = _enum()
+    quantity = _money()
+    price = _money(null=True)
+    status = _enum(default="pending", index=True, constraints=_default("'pending'"))
     signal = ForeignKeyField(TradingSignal, backref="orders", null=True, on_delete="SET NULL", index=True)
-    filled_quantity = checked(_money(default=decimal.Decimal(0), constraints=_default("0")), ge=0)
-    average_fill_price = checked(_money(null=True), gt=0)
+    filled_quantity = _money(default=decimal.Decimal(0), constraints=_default("0"))
+    average_fill_price = _money(null=True)
     timestamp = _server_now(index=True)
     updated_at = _server_now()
 
     class Meta:
         table_name = "orders"
-        constraints = [
-            _check("orders", "order_type_check", _in("order_type", ORDER_TYPES)),
-            _check("orders", "side_check", _in("side", ORDER_SIDES)),
-            _check("orders", "status_check", _in("status", ORDER_STATUSES)),
-            _check("orders", "quantity_check", "quantity > 0"),
-            _check("orders", "price_check",
-                   # Not "price > 0 OR (price IS NULL AND ...)": NULL OR FALSE is NULL, which a CHECK accepts.
-                   "CASE WHEN price IS NULL THEN order_type = 'market' ELSE price > 0 END"),
-            _check("orders", "fill_check", "filled_quantity >= 0 AND filled_quantity <= quantity"),
-            _check("orders", "fill_price_check", "average_fill_price IS NULL OR average_fill_price > 0"),
-            _check("orders", "nan_check", "quantity <> 'NaN' AND filled_quantity <> 'NaN' "
-                                          "AND price <> 'NaN' AND average_fill_price <> 'NaN'"),
-        ]
-
-    @classmethod
-    def check_row(cls, row, partial=False):
-        # An insert that omits price has none; an update that omits it keeps the stored one.
-        if (row.get("order_type") not in (None, "market") and row.get("price") is None
-                and (not partial or "price" in row)):
-            _fail("price", None, f"a price for a {row['order_type']} order")
-        qty, filled = row.get("quantity"), row.get("filled_quantity")
-        if qty is not None and filled is not None and filled > qty:
-            _fail("filled_quantity", filled, f"at most quantity ({qty})")
+        rules = {
+            "order_type_check": (Choice("order_type", ORDER_TYPES),),
+            "side_check": (Choice("side", ORDER_SIDES),),
+            "status_check": (Choice("status", ORDER_STATUSES),),
+            "symbol_check": (_symbol_rule(),),
+            "quantity_check": (Bound("quantity", ">", 0),),
+            "price_check": (RequiredUnless("price", "order_type", "market"), Bound("price", ">", 0)),
+            "fill_check": (Bound("filled_quantity", ">=", 0), AtMost("filled_quantity", "quantity")),
+            "fill_price_check": (Bound("average_fill_price", ">", 0),),
+            "nan_check": (NotNaN("quantity", "filled_quantity", "price", "average_fill_price"),),
+        }
 
 
 class OrderEvent(BaseModel):
@@ -364,26 +389,29 @@ class OrderEvent(BaseModel):
     """
 
     order = ForeignKeyField(Order, backref="events", on_delete="RESTRICT", index=False)
-    from_status = _enum(ORDER_STATUSES, null=True)
-    to_status = _enum(ORDER_STATUSES)
-    filled_quantity = checked(_money(null=True), ge=0)
-    fill_price = checked(_money(null=True), gt=0)
+    from_status = _enum(null=True)
+    to_status = _enum()
+    filled_quantity = _money(null=True)
+    fill_price = _money(null=True)
     timestamp = _server_now()
-    note = checked(TextField(null=True), max_length=10_000)
+    note = TextField(null=True)
 
     class Meta:
         table_name = "order_events"
         indexes = ((("order", "timestamp"), False),)
-        constraints = [
-            _check("order_events", "to_status_check", _in("to_status", ORDER_STATUSES)),
-            _check("order_events", "nan_check", "filled_quantity <> 'NaN' AND fill_price <> 'NaN'"),
-        ]
+        rules = {
+            "from_status_check": (Choice("from_status", ORDER_STATUSES),),
+            "to_status_check": (Choice("to_status", ORDER_STATUSES),),
+            "fill_check": (Bound("filled_quantity", ">=", 0), Bound("fill_price", ">", 0)),
+            "nan_check": (NotNaN("filled_quantity", "fill_price"),),
+            "note_length": (Length("note", 10_000),),
+        }
 
 
 class BacktestResult(BaseModel):
     """A stored backtest: its config (hashed for lookup), metrics, trades and equity curve."""
 
-    name = checked(CharField(max_length=200), max_length=200)
+    name = CharField(max_length=200)
     config = _document()
     config_hash = CharField(max_length=64, index=True)
     metrics = _document(default=dict, index=True)  # GIN: metric lookups
@@ -393,10 +421,10 @@ class BacktestResult(BaseModel):
 
     class Meta:
         table_name = "backtest_results"
-        constraints = [_check("backtest_results", "config_hash_check", "config_hash ~ '^[0-9a-f]{64}$'")]
+        rules = {"config_hash_check": (Matches("config_hash", "[0-9a-f]{64}"),)}
 
     @classmethod
-    def check_row(cls, row, partial=False):
+    def derive(cls, row, partial=False):
         if "config" in row:
             try:
                 expected = config_hash(row["config"])

@@ -19,10 +19,8 @@ from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField,
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
 
 from .errors import DataValidationError
+from .rules import SYMBOL_LENGTH, SYMBOL_PATTERN, TAG_LENGTH, UTC, IntervalText
 
-UTC = dt.timezone.utc
-SYMBOL_PATTERN = r"[A-Za-z0-9.^][A-Za-z0-9._\-/=^:]{0,31}"
-INTERVAL_PATTERN = r"[1-9][0-9]{0,3}(s|m|h|d|w|mo)"
 MAX_PAGE = 10_000  # rows of one list call
 MAX_ID = 2**63 - 1  # bigint: no row id is larger
 MAX_INT_ID = 2**31 - 1  # the ids of integer-keyed tables (articles, trading_signals)
@@ -31,8 +29,13 @@ MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
 MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
 MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
 
-_INTERVAL_RE = re.compile(INTERVAL_PATTERN)
+_INTERVAL = IntervalText("interval")
 _SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
+"""A number as text that PostgreSQL's ``numeric`` input and ``Decimal`` read alike.
+
+(``Decimal`` also takes '1_000', other scripts' digits, 'NaN' and exponents
+beyond what ``numeric`` accepts; the server takes none of those.)"""
 
 
 def _fail(name: str, value, expected: str):
@@ -98,13 +101,18 @@ def span(start, end) -> tuple[dt.datetime, dt.datetime]:
     return start, end
 
 
-def symbol_list(symbols, max_length: int, max_symbols: int = 10_000) -> list[str]:
+def symbol(value, name: str = "symbol") -> str:
+    """A ticker to look up: a non-empty :func:`text` of at most :data:`SYMBOL_LENGTH` characters."""
+    return required_text(name, value, SYMBOL_LENGTH)
+
+
+def symbol_list(symbols, max_length: int = SYMBOL_LENGTH, max_symbols: int = 10_000) -> list[str]:
     """``symbols`` (an iterable of symbols, not one ``str``) checked, without repeats, in order."""
     if isinstance(symbols, (str, bytes)) or not isinstance(symbols, Iterable):
         raise DataValidationError("symbols", symbols, "a list of symbols")
     # A symbol matching the pattern passes every text rule; others are checked (and match nothing).
-    valid = _SYMBOL_RE.fullmatch
-    wanted = list(dict.fromkeys(s if type(s) is str and valid(s) else required_text(f"symbols[{i}]", s, max_length)
+    valid = _SYMBOL_RE.fullmatch  # no length bound in the pattern: max_length checks it
+    wanted = list(dict.fromkeys(s if type(s) is str and len(s) <= max_length and valid(s) else required_text(f"symbols[{i}]", s, max_length)
                                 for i, s in enumerate(symbols)))
     if len(wanted) > max_symbols:
         raise DataValidationError("symbols", f"<{len(wanted)} symbols>", f"at most {max_symbols} symbols")
@@ -139,8 +147,8 @@ def choice(name: str, value, choices) -> str:
 
 def interval(value, name: str = "interval") -> str:
     """A bar interval such as ``1m``, ``5m``, ``1h``, ``1d``, ``1w``, ``1mo``."""
-    if not isinstance(value, str) or not _INTERVAL_RE.fullmatch(value):
-        raise DataValidationError(name, value, "a bar interval such as 1m, 5m, 1h, 1d, 1w, 1mo")
+    if not isinstance(value, str) or not _INTERVAL.accepts(value):
+        raise DataValidationError(name, value, _INTERVAL.expected)
     return value
 
 
@@ -225,7 +233,7 @@ def _number(name: str, value, field: Field):
             _fail(name, value, "a decimal number")
         if not number.is_finite():
             _fail(name, value, "a finite number")
-        limit = decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
+        limit = numeric_limit(field)
         if abs(number) < limit and number.as_tuple().exponent < -field.decimal_places:
             # More decimals than the column keeps: round as PostgreSQL would (half away
             # from zero), so that the range rules see the stored value and no digit the
@@ -251,6 +259,11 @@ def _number(name: str, value, field: Field):
     if not -bound <= value < bound:
         _fail(name, value, f"an integer in [{-bound}, {bound})")
     return value
+
+
+def numeric_limit(field: DecimalField) -> decimal.Decimal:
+    """The values of ``numeric(p, s)`` lie strictly between ``-limit`` and ``limit`` (10**(p-s))."""
+    return decimal.Decimal(10) ** (field.max_digits - field.decimal_places)
 
 
 def _json_depth(value, limit: int) -> int:
@@ -291,8 +304,10 @@ def _json_document(name: str, value):
 
 
 def field_value(name: str, field: Field, value):
-    """``value`` type-checked and normalised for the model field ``field`` (by its type and rules)."""
-    rules = getattr(field, "rules", {})
+    """``value`` type-checked and normalised for the model field ``field`` (by its column type).
+
+    Value rules (bounds, patterns, choices) are the model's ``Meta.rules``, judged after.
+    """
     if isinstance(field, ForeignKeyField):
         value = getattr(value, "id", value)
         bound = _int_bound(field.rel_field)  # the referencing column has the referenced key's type
@@ -302,23 +317,11 @@ def field_value(name: str, field: Field, value):
     if isinstance(field, ArrayField):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             _fail(name, value, "a list of strings")
-        return [text(f"{name}[{i}]", item, 256) for i, item in enumerate(value)]
+        return [text(f"{name}[{i}]", item, TAG_LENGTH) for i, item in enumerate(value)]
     if isinstance(field, BinaryJSONField):
         return _json_document(name, value)
     if isinstance(field, DateTimeTZField):
         return timestamp(name, value)
     if isinstance(field, (CharField, TextField)):
-        value = text(name, value, rules.get("max_length") or getattr(field, "max_length", None))
-        if rules.get("choices") and value not in rules["choices"]:
-            _fail(name, value, f"one of {', '.join(rules['choices'])}")
-        if rules.get("pattern") and not rules["pattern"].fullmatch(value):
-            _fail(name, value, f"text matching {rules['pattern'].pattern}")
-        return value
-    value = _number(name, value, field)
-    if rules.get("gt") is not None and not value > rules["gt"]:
-        _fail(name, value, f"a number > {rules['gt']}")
-    if rules.get("ge") is not None and not value >= rules["ge"]:
-        _fail(name, value, f"a number >= {rules['ge']}")
-    if rules.get("le") is not None and not value <= rules["le"]:
-        _fail(name, value, f"a number <= {rules['le']}")
-    return value
+        return text(name, value, getattr(field, "max_length", None))
+    return _number(name, value, field)

@@ -18,7 +18,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from marketstore import DataValidationError, DuplicateKeyError, PriceRepository, get_db_session
-from marketstore.repositories._copy import COPY_COLUMNS, PRICE_COLUMNS, copy_line, line_formatter, price_row
+from marketstore.models import PRICE_COLUMNS
+from marketstore.models import validate_price_row as price_row
+from marketstore.repositories._copy import COPY_COLUMNS
+from marketstore.repositories._rows import copy_line, line_formatter
 
 from helpers import count_rows
 

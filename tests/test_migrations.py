@@ -228,7 +228,7 @@ DRIFT = [
      "CREATE INDEX prices_symbol_interval_timestamp ON prices (symbol, interval, timestamp)",
      "prices: index prices_symbol_interval_timestamp is"),  # no longer unique
     ("CREATE INDEX events_symbols_gin ON events USING gin (symbols)", "events: unexpected index events_symbols_gin"),
-    ("ALTER TABLE order_events DROP COLUMN note", "order_events.note: column missing"),
+    ("ALTER TABLE events DROP COLUMN keywords", "events.keywords: column missing"),
     ("ALTER TABLE prices ADD COLUMN vwap numeric", "prices.vwap: unexpected column"),
     ("ALTER TABLE prices ALTER COLUMN volume TYPE numeric(20,8)", "prices.volume: type is numeric(20,8)"),
     ("ALTER TABLE trading_signals ALTER COLUMN cms_score TYPE real", "trading_signals.cms_score: type is real"),

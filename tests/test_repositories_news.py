@@ -209,7 +209,7 @@ def test_search_migration_round_trip_indexes_existing_articles(create_database):
         applied = migration.applied()
         later = applied[applied.index("002_article_search"):]  # 002 and whatever came after it
         assert migration.rollback(len(later)) == later[::-1]
-        about_search = [p for p in migration.verify_schema() if p.startswith("articles")]
+        about_search = [p for p in migration.verify_schema() if p.startswith("articles") and "_length" not in p]
         assert sorted(about_search) == ["articles.search_vector: column missing",
                                         "articles: index articles_search_vector missing"]
         fetch("INSERT INTO articles (title, content) VALUES ('Copper rally', 'Mines strike') RETURNING id")

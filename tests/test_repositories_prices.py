@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 import marketstore
 from marketstore import DataValidationError, DuplicateKeyError, IntegrityViolation, PriceRepository
 from marketstore.repositories import BUCKET_ORIGIN, PriceBar
-from marketstore.repositories._copy import copy_line, line_formatter, price_row
+from marketstore.models import validate_price_row as price_row
+from marketstore.repositories._rows import copy_line, line_formatter
 
 from helpers import count_rows
 

@@ -8,12 +8,13 @@ into one ``get_db_session()`` transaction, and sends every value as a bound
 parameter. Parameters after a method's subject are keyword-only except where
 SPEC fixes their position.
 
-* :mod:`.prices` -- ``PriceRepository`` (its bulk engine: :mod:`._copy`, :mod:`._csv`);
+* :mod:`.prices` -- ``PriceRepository`` (its bulk sources: :mod:`._rows`, :mod:`._csv`, :mod:`._frames`, through :mod:`._copy`);
 * :mod:`.news` -- ``ArticleRepository``, ``SentimentScoreRepository``, ``EventRepository``;
 * :mod:`.trading` -- ``TradingSignalRepository``, ``OrderRepository``;
 * :mod:`.backtests` -- ``BacktestResultRepository``.
 """
-from ._copy import PRICE_COLUMNS, PRICE_HEADER
+from ..models import PRICE_COLUMNS
+from ._csv import PRICE_HEADER
 from ._frames import need
 from ._sql import BUCKET_ORIGIN
 from .backtests import BacktestResultRepository

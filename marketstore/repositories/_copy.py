@@ -1,207 +1,50 @@
-"""The prices' bulk engine: rows streamed to PostgreSQL ``COPY``, and the staging merge.
+"""``COPY ... FROM STDIN`` of a price source, and the one mapping of the server's refusals.
 
-``PriceRepository.copy_from`` streams into ``prices``; ``upsert_many`` streams
-the same way into a temporary staging table that carries the same CHECK rules,
-then merges it with one ``INSERT ... ON CONFLICT``. Rows of any natural type
-are formatted as they are read, without judging their values: the table's
-constraints hold the rules, and a row the server refuses is validated again
-in Python, alone, for validation's own error (a CSV file's line likewise).
-Rows the formatter cannot send as they are get the full validation first.
-CSV files are read by :mod:`._csv` and go through the same :func:`copy`, so a
-file gets one verdict whichever loads it.
+Three sources feed ``COPY``: rows (:mod:`._rows`), a CSV file (:mod:`._csv`) and
+a frame or Parquet file (:mod:`._frames`). Each is a :class:`CopySource`. None
+of them judges a value the table's rules can judge: the server holds every row
+to the CHECK constraints derived from ``Meta.rules``, and a row it refuses is
+handed back to its source, which validates it again (``validate_price_row``)
+so the error is validation's own, located in the source's own terms (a row, or
+a file's line).
 """
 from __future__ import annotations
 
-import datetime as dt
 import re
-import sys
-from decimal import Decimal
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import psycopg2
 
 from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError
-from ..models import Price
-from ..validation import INTERVAL_PATTERN, SYMBOL_PATTERN, UTC, timestamp
-
-PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
-"""Column order of ``copy_from`` sequences and CSV rows (``interval`` may be left out)."""
-PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval]"
-"""The header of a price CSV file, for messages (any column order)."""
-DEFAULT_INTERVAL = Price.interval.default
+from ..models import PRICE_COLUMNS
 
 COPY_COLUMNS = ", ".join(f'"{c}"' for c in PRICE_COLUMNS)
 
 
-# -- rows -------------------------------------------------------------------------
+class CopySource(Protocol):
+    """What :func:`copy` and ``PriceRepository`` need of a source of price rows."""
 
-def price_row(data, interval: str = DEFAULT_INTERVAL) -> dict:
-    """One input row (a mapping, or a sequence in ``PRICE_COLUMNS`` order), validated.
+    error: BaseException | None
+    """What was raised while the source was read (re-raised as itself, not as psycopg2's generic error)."""
 
-    A row without an interval gets ``interval``. ``DataValidationError``
-    names the bare field (``row`` for a row of the wrong shape).
-    """
-    if isinstance(data, Mapping):
-        row = dict(data)
-    elif isinstance(data, (list, tuple)) and len(data) in (len(PRICE_COLUMNS) - 1, len(PRICE_COLUMNS)):
-        row = dict(zip(PRICE_COLUMNS, data))
-    else:
-        raise DataValidationError("row", data, f"a mapping or a sequence of {', '.join(PRICE_COLUMNS)} "
-                                               "(interval optional)")
-    for name in row:
-        if name not in PRICE_COLUMNS:
-            raise DataValidationError(name, row[name], f"one of the columns {', '.join(PRICE_COLUMNS)}")
-    row = Price.validate(row)
-    row.setdefault("interval", interval)
-    return row
+    @property
+    def rereadable(self) -> bool:
+        """Whether :meth:`rewound` can read the source again from its first row."""
 
+    def read(self, size: int = -1) -> str | bytes:
+        """The next chunk of COPY data; empty at the end."""
 
-def copy_line(row: dict) -> str:
-    """The COPY text-format line of a row validated by :func:`price_row`.
+    def rewound(self) -> "CopySource":
+        """A source reading the same data again (only when :attr:`rereadable`)."""
 
-    No value needs escaping: symbols and intervals match their patterns (no
-    tab, newline or backslash), numbers and ISO timestamps are plain ASCII.
-    """
-    return (f"{row['symbol']}\t{row['timestamp'].isoformat(' ')}\t{row['open']}\t{row['high']}\t"
-            f"{row['low']}\t{row['close']}\t{row['volume']}\t{row['interval']}\n")
+    def copy_into(self, db, table: str) -> int:
+        """COPY every row into ``table`` on the session's connection; returns the number of rows."""
 
+    def where(self, line: int) -> dict:
+        """The location (``row``, or ``source`` and ``line``) of COPY data line ``line``, for errors."""
 
-_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
-_INTERVAL_RE = re.compile(INTERVAL_PATTERN)
-# A number as text that PostgreSQL's numeric input and Decimal(text.strip()) read alike (Decimal
-# also takes '1_000', other scripts' digits and more white space; the server neither).
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
-_MAX_LINE = 1024  # longer: a number of thousands of digits, which the server may read otherwise
-
-
-def number_types() -> tuple[frozenset, frozenset]:
-    """The types of numbers :func:`line_formatter` sends as they print: ``(by format(), by str())``.
-
-    ``format(x, "")`` of int, float, Decimal and numpy's float64 and integers
-    is their ``str()``; numpy's other floats format as float64 (0.1 as a
-    float32 prints 0.10000000149011612) but ``str()`` prints the shortest
-    decimal of their own precision, the value validation takes. numpy is
-    only looked at if the caller imported it. ``bool`` and ``numpy.bool_``
-    are in neither: validation refuses them.
-    """
-    direct, printed = {int, float, Decimal}, set()
-    np = sys.modules.get("numpy")
-    if np is not None:
-        kinds = {t: np.dtype(t).kind for t in set(np.sctypeDict.values())}  # timedelta64 is an np.integer
-        direct.update(t for t, kind in kinds.items() if kind in "iu")
-        direct.add(np.float64)
-        printed.update(t for t, kind in kinds.items() if kind == "f" and t is not np.float64)
-    return frozenset(direct), frozenset(printed)
-
-
-def _number_texts(values: tuple, printed: frozenset, direct: frozenset) -> tuple | None:
-    """``values`` as the text COPY gets, when one of them is not of a ``direct`` type; else ``None``."""
-    out = []
-    for value in values:
-        kind = type(value)
-        if kind in direct:
-            out.append(value)
-        elif kind in printed:
-            out.append(str(value))
-        elif kind is str and _PLAIN_NUMBER.fullmatch(value):
-            out.append(value)
-        else:
-            return None
-    return tuple(out)
-
-
-def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | None]:
-    """A function giving the COPY line of a row, or ``None``: then :func:`price_row` decides.
-
-    The line is built without judging any value: the table's CHECK
-    constraints and column types hold the rules of ``Price.validate`` (NaN
-    is refused by them, infinity and more than 16 integer digits by
-    ``numeric(24, 8)``, which also rounds past 8 decimals as validation does),
-    and :class:`RowStream` turns a refusal back into validation's own error.
-    What is checked here is what the server would read differently from
-    validation: only a ``dict`` of the price columns (``interval`` optional,
-    else ``default``) or a tuple/list in ``PRICE_COLUMNS`` order, numbers of
-    the :func:`number_types` or plain numeric strings, a ``datetime``
-    (pandas' ``Timestamp`` too; any other timestamp goes through
-    validation's own conversion), and a symbol and interval matching their
-    patterns (so no tab, newline or backslash breaks the COPY format).
-    Symbols and intervals are matched once per distinct value, and a
-    timestamp shared by consecutive rows (a feed's bars of one minute) is
-    formatted once.
-    """
-    symbols, intervals = set(), {default}
-    direct, printed = number_types()
-    last_ts = last_stamp = None
-
-    def line(data) -> str | None:
-        nonlocal last_ts, last_stamp
-        try:
-            kind = type(data)
-            if kind is dict:
-                size = len(data)
-                if size == 8:
-                    iv = data["interval"]
-                elif size == 7:
-                    iv = default
-                else:
-                    return None
-                s, ts, o, h, lo, c, v = (data["symbol"], data["timestamp"], data["open"], data["high"],
-                                         data["low"], data["close"], data["volume"])
-            elif kind is tuple or kind is list:
-                size = len(data)
-                if size == 8:
-                    s, ts, o, h, lo, c, v, iv = data
-                elif size == 7:
-                    s, ts, o, h, lo, c, v = data
-                    iv = default
-                else:
-                    return None
-            else:
-                return None
-            if not (type(o) in direct and type(h) in direct and type(lo) in direct and type(c) in direct
-                    and type(v) in direct):
-                texts = _number_texts((o, h, lo, c, v), printed, direct)
-                if texts is None:
-                    return None
-                o, h, lo, c, v = texts
-            if s not in symbols:
-                if type(s) is not str or not _SYMBOL_RE.fullmatch(s):
-                    return None
-                symbols.add(s)
-            if iv not in intervals:
-                if type(iv) is not str or not _INTERVAL_RE.fullmatch(iv):
-                    return None
-                intervals.add(iv)
-            if ts is last_ts:
-                stamp = last_stamp
-            else:
-                stamp = _stamp(ts)
-                last_ts, last_stamp = ts, stamp
-            text = f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\n"
-        except (LookupError, TypeError, ValueError, ArithmeticError):  # DataValidationError, >4300 digits...
-            return None
-        # 'E-': a Decimal such as 1E-20000, which validation rounds to 0 and the server refuses
-        # (a float prints 'e-', at most e-324: read alike). Rare: those rows take price_row.
-        if len(text) > _MAX_LINE or "E-" in text:
-            return None
-        return text
-
-    return line
-
-
-def _stamp(ts) -> str:
-    """A timestamp as ISO text with its zone (naive = UTC), as validation reads it.
-
-    A space between date and time: the server parses that form ~10 % faster than 'T'.
-    """
-    if not isinstance(ts, dt.datetime):  # numpy.datetime64, ISO text: validation's conversion
-        ts = timestamp("timestamp", ts)
-    tz = ts.tzinfo
-    if tz is UTC:
-        return ts.isoformat(" ")
-    if tz is None:
-        return ts.isoformat(" ") + "+00:00"
-    return ts.astimezone(UTC).isoformat(" ")  # OverflowError past the year 9999 in UTC: the caller catches it
+    def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
+        """Validation's error for COPY line ``line`` if it refuses the row, else ``(None, the row or its text)``."""
 
 
 # A server refusal names the COPY's line (and column) only in its context text.
@@ -227,163 +70,43 @@ def duplicate(exc: psycopg2.Error, **where) -> DuplicateKeyError:
     return DuplicateKeyError(dict(zip(names, values)), **where)
 
 
-_END = object()
+def refusal(exc: psycopg2.Error, source: CopySource) -> MarketstoreError | None:
+    """The row the server refused, as the error naming it where the source has it.
 
-
-class RowStream:
-    """Rows as a read-only file of COPY text lines produced on demand, for ``copy_expert``.
-
-    Each ``read()`` returns the next ``rows_per_read`` lines joined, so the
-    server parses one chunk while the next is built. A row the server
-    refuses (the COPY names its line) is validated again in Python to raise
-    validation's own error for it, so the rules live in one place, the
-    table's constraints, and a good row costs only its formatting. To find
-    that row again, a sequence (a list) is indexed; any other iterable (a
-    generator) is sent ``rows_per_copy`` rows per ``COPY`` statement and
-    only the rows of the statement in flight are kept: memory stays bounded.
-
-    A row the cheap formatter cannot send goes through :func:`price_row`; if
-    validation refuses it, the COPY ends just before it, so that a bad row
-    earlier (refused by the server) is the one named, as row-by-row
-    validation would; then its own error is raised. ``rows`` counts the lines
-    handed out. Any other exception raised while reading is kept in
-    ``error`` (psycopg2 would report a generic "error in .read() call") and
-    re-raised by :func:`copy`.
+    A repeated or stored key is a :class:`DuplicateKeyError`; a bad row is
+    validation's own error when validation refuses it, else (a rule at the
+    rounding edge, a row no longer at hand) the server's words. ``None`` for
+    anything that is not a row's fault (a lost connection...): the usual
+    translation applies.
     """
-
-    def __init__(self, rows: Iterable, interval: str, rows_per_read: int = 2000, rows_per_copy: int = 20_000):
-        self._rows, self._interval, self._rows_per_read = rows, interval, rows_per_read
-        self._fast = line_formatter(interval)
-        self._indexed = isinstance(rows, Sequence)
-        self._rows_per_copy = None if self._indexed else rows_per_copy
-        self._source: Iterator = iter(())
-        self._kept: list = []  # the rows of the COPY in flight (not indexed rows)
-        self._first = 0  # rows sent before the COPY in flight
-        self._left = 0  # rows the COPY in flight may still take (when sent rows_per_copy per COPY)
-        self._next = _END  # a row read ahead, to know whether another COPY is needed
-        self._refused: DataValidationError | None = None  # validation's verdict on the next row
-        self.rows = 0
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> str:
-        if self._refused is not None or self._next is _END:
-            return ""
-        try:
-            return self._chunk()
-        except BaseException as exc:  # whatever the producer raised (Ctrl-C too): kept for the caller
-            self.error = exc
-            raise
-
-    def _chunk(self) -> str:
-        lines = []
-        count = self._rows_per_read if self._rows_per_copy is None else min(self._rows_per_read, self._left)
-        fast, interval = self._fast, self._interval
-        keep = None if self._indexed else self._kept.append
-        source, data = self._source, self._next
-        for _ in range(count):
-            line = fast(data)
-            if line is None:
-                try:
-                    line = copy_line(price_row(data, interval))
-                except DataValidationError as exc:
-                    self._refused = exc.at(row=self.rows + len(lines) + 1)
-                    break
-            lines.append(line)
-            if keep is not None:
-                keep(data)
-            data = next(source, _END)
-            if data is _END:
-                break
-        self._next = data
-        self.rows += len(lines)
-        self._left -= len(lines)
-        return "".join(lines)
-
-    def _row(self, number: int):
-        """The ``number``-th row (1-based) of the input, if still at hand."""
-        if self._indexed:
-            return self._rows[number - 1]
-        at = number - self._first - 1
-        return self._kept[at] if 0 <= at < len(self._kept) else _END
-
-    def refusal(self, exc: psycopg2.Error) -> MarketstoreError | None:
-        """A row the server refused, as validation's error for it (or a duplicate key naming it).
-
-        Anything else (a lost connection...) is left to the usual translation.
-        """
-        found = refused_line(exc)
-        if found is None:
-            return None
-        line, column, quoted = found
-        number = self._first + line
-        if exc.pgcode == "23505":
-            return duplicate(exc, row=number)
-        data = self._row(number)
-        if data is not _END:
-            try:
-                price_row(data, self._interval)
-            except DataValidationError as error:
-                return error.at(row=number)
-        # Validation would take the row (or it is gone): the server's own words.
-        rule = exc.diag.constraint_name
-        return DataValidationError(column or "row", quoted if quoted is not None or data is _END else data,
-                                   f"a row within the rule {rule}" if rule
-                                   else f"a value the server accepts (it said: {exc.diag.message_primary})",
-                                   row=number)
-
-    def copy_into(self, db, table: str) -> int:
-        """COPY every row into ``table`` on the session's connection; returns the number of rows."""
-        self._source = iter(self._rows)
-        self._next = next(self._source, _END)
-        sql = f"COPY {table} ({COPY_COLUMNS}) FROM STDIN"
-        while True:
-            self._first, self._kept, self._left = self.rows, [], self._rows_per_copy or 0
-            copy(db, sql, self)
-            if self._refused is not None:
-                raise self._refused
-            if self._next is _END:
-                return self.rows
+    found = refused_line(exc)
+    if found is None:
+        return None
+    line, column, quoted = found
+    where = source.where(line)
+    if exc.pgcode == "23505":
+        return duplicate(exc, **where)
+    error, value = source.verdict(line)
+    if error is not None:
+        return error.at(**where)
+    rule = exc.diag.constraint_name
+    return DataValidationError(column or "row", quoted if quoted is not None else value,
+                               f"a row within the rule {rule}" if rule
+                               else f"a value the server accepts (it said: {exc.diag.message_primary})", **where)
 
 
-def copy(db, sql: str, stream) -> int:
-    """Run ``COPY ... FROM STDIN`` of ``stream`` on the session's connection; returns the rows copied.
-
-    ``stream`` is a :class:`RowStream` or a CSV body: a file with ``error``
-    (what was raised while it was read, re-raised as itself) and
-    ``refusal(exc)`` (a row the server refused, as the error naming it).
-    """
+def copy(db, sql: str, source: CopySource) -> int:
+    """Run ``COPY ... FROM STDIN`` of ``source`` on the session's connection; returns the rows copied."""
     cursor = db.connection().cursor()
     try:
-        cursor.copy_expert(sql, stream, size=64 * 1024)
+        cursor.copy_expert(sql, source, size=64 * 1024)
         return cursor.rowcount
     except psycopg2.Error as exc:
-        if stream.error is not None:
-            raise stream.error from None
-        refusal = stream.refusal(exc)
-        if refusal is None:
+        if source.error is not None:
+            raise source.error from None
+        refused = refusal(exc, source)
+        if refused is None:
             raise
-        raise refusal from exc
+        raise refused from exc
     finally:
         cursor.close()
-
-
-# upsert_many's staging table: the rules of prices (LIKE ... INCLUDING CONSTRAINTS, so a
-# refused row names its line as copy_from's would) but no index and no WAL; dropped at the
-# end of the call (ON COMMIT DROP too, in case the caller's transaction outlives an error).
-STAGE = "marketstore_price_stage"
-STAGE_CREATE = (
-    f"CREATE TEMPORARY TABLE {STAGE} (LIKE prices INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP; "
-    # id numbers the staged rows in input order (and takes nothing from prices' sequence)
-    f"ALTER TABLE {STAGE} ALTER COLUMN id DROP DEFAULT, ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY; "
-    "SELECT current_setting('work_mem'), set_config('work_mem', '256MB', true)"
-)
-# ON CONFLICT may touch a row once per statement: DISTINCT ON keeps the last
-# staged row (highest id) of each key, as applying the rows in order would.
-STAGE_MERGE = (
-    f"INSERT INTO prices ({COPY_COLUMNS}) "
-    f'SELECT DISTINCT ON (symbol, "interval", "timestamp") {COPY_COLUMNS} FROM {STAGE} '
-    'ORDER BY symbol, "interval", "timestamp", id DESC '
-    'ON CONFLICT (symbol, "interval", "timestamp") DO UPDATE SET '
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in ("open", "high", "low", "close", "volume"))
-    + f"; DROP TABLE {STAGE}; SELECT set_config('work_mem', %s, true)"
-)

@@ -14,11 +14,15 @@ import os
 import re
 from typing import Callable
 
-import psycopg2
 
-from ..errors import DataValidationError, MarketstoreError
+from ..errors import DataValidationError
+from ..models import PRICE_COLUMNS, Price, validate_price_row
 from ..validation import unreadable
-from ._copy import DEFAULT_INTERVAL, PRICE_COLUMNS, PRICE_HEADER, copy, duplicate, price_row, refused_line
+from ._copy import copy
+
+PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval]"
+"""The header of a price CSV file, for messages (any column order)."""
+DEFAULT_INTERVAL = Price.interval.default
 
 Progress = Callable[[int], None]
 
@@ -82,8 +86,8 @@ def _plain_lines(header: list[str]) -> re.Pattern:
     """
     fields = [rb"[^,\"\r\n]*"] * len(header)
     fields[header.index("timestamp")] = _ISO_TIMESTAMP.encode()
-    if "interval" in header:
-        fields[header.index("interval")] = rb"[1-9][^,\"\r\n]*"
+    if "interval" in header:  # not empty (that takes the default); the table's rule judges the rest
+        fields[header.index("interval")] = Price._meta.rules.pattern("interval").pattern.encode()
     line = b",".join(fields)
     return re.compile(rb"(?:" + line + rb"\r?\n)*(?:" + line + rb")?")
 
@@ -213,50 +217,41 @@ class CsvBody:
         at = bisect.bisect_right(self._marks, copy_line) - 1
         return copy_line + 1 + (self._offsets[at] if at >= 0 else 0)
 
-    def refusal(self, exc: psycopg2.Error) -> MarketstoreError | None:
-        """The server's refusal of a line as an error naming the file, the line and the field.
+    def where(self, line: int) -> dict:
+        return {"source": self.path, "line": self.file_line(line)}
 
-        Bad values (SQLSTATE class 22), missing ones (23502) and broken rules
-        (23514) are the file's fault: a ``DataValidationError``. The line is
-        validated again in Python when the file can be re-read, so the error
-        is the one a row would get (its value the cell as written); otherwise
-        it is built from the server's. A bar already stored, or repeated in
-        the file, is a :class:`DuplicateKeyError` naming the line. Anything
-        else (a lost connection...) is left to the usual translation.
+    def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
+        """Validation's error for the file line of COPY line ``line``, its value the cell as written.
+
+        The line is read again when the file can be; a FIFO's line is gone,
+        and the server's words serve. Bad bytes and a wrong number of fields
+        are the line's own errors.
         """
-        found = refused_line(exc)
-        if found is None:
-            return None
-        copy_line, column, quoted = found
-        at = {"source": self.path, "line": self.file_line(copy_line)}
-        if exc.pgcode == "23505":
-            return duplicate(exc, **at)
+        at = self.where(line)
         text = _file_line(self.path, at["line"])
+        if text is None:
+            return None, None
         try:
-            record = next(csv.reader([text]), []) if text is not None else None
+            record = next(csv.reader([text]), [])
         except csv.Error:
-            record = None
-        if exc.pgcode == "22021":  # invalid byte sequence
-            return DataValidationError("row", text if text is not None else quoted, "UTF-8 text", **at)
-        if record is not None and len(record) != len(self.header):
-            return DataValidationError("row", text, f"{len(self.header)} fields ({', '.join(self.header)})", **at)
-        if record is not None:
-            cells = dict(zip(self.header, record))
-            try:
-                self.row(cells)
-            except DataValidationError as error:
-                return DataValidationError(error.field, cells.get(error.field, error.value), error.expected, **at)
-        rule = exc.diag.constraint_name
-        return DataValidationError(column or "row", quoted if quoted is not None else text,
-                                   f"a row within the rule {rule}" if rule
-                                   else f"a value the server accepts (it said: {exc.diag.message_primary})", **at)
+            return None, text
+        if "\ufffd" in text and not _decodes(self.path, at["line"]):
+            return DataValidationError("row", text, "UTF-8 text"), text
+        if len(record) != len(self.header):
+            return DataValidationError("row", text, f"{len(self.header)} fields ({', '.join(self.header)})"), text
+        cells = dict(zip(self.header, record))
+        try:
+            self.row(cells)
+        except DataValidationError as error:
+            return DataValidationError(error.field, cells.get(error.field, error.value), error.expected), text
+        return None, text
 
     def row(self, cells: dict[str, str]) -> dict:
         """The validated row of a record's ``cells`` read as COPY reads them: an empty cell is NULL."""
         data = {name: cell if cell.strip() else None for name, cell in cells.items()}
         if data.get("interval", "") is None:
             del data["interval"]
-        return price_row(data, self.interval)
+        return validate_price_row(data, self.interval)
 
     def copy_into(self, db, table: str) -> int:
         """COPY the body into ``table`` on the session's connection; returns the number of rows."""
@@ -273,6 +268,17 @@ def _csv_text(record: list[str]) -> str:
     """``record`` as one CSV line (quoted where needed), without a line end."""
     return ",".join(f'"{c}"' if any(ch in c for ch in ',"\r\n') else c for c in
                     (c.replace('"', '""') if '"' in c else c for c in record))
+
+
+def _decodes(path: str, number: int) -> bool:
+    """Whether line ``number`` of the file is valid UTF-8."""
+    with open(path, "rb") as handle:
+        for line in itertools.islice(handle, number - 1, number):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+    return True
 
 
 def _file_line(path: str, number: int) -> str | None:

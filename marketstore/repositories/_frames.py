@@ -7,35 +7,31 @@ vectorised operations -- types, nulls, NaN and infinities, the symbol and
 interval patterns (once per distinct value), the timestamp range and the
 table's price rules -- and written as CSV by Arrow's C++ writer, which
 ``COPY ... FORMAT csv`` reads on the session's connection. The one bad row a
-check finds is handed to :func:`._copy.price_row`, the rules of a row, so a
-frame gets a row's verdict and names the same field; the table's CHECK
-constraints remain the last word, and a refusal by the server (a duplicate
+check finds is handed to :func:`~marketstore.models.validate_price_row`, so a
+frame gets a row's verdict and names the same field. The vectorised checks are
+derived from the same declarations (``Price._meta.rules``) as the table's CHECK
+constraints, which remain the last word; a refusal by the server (a duplicate
 bar, a rule at the rounding edge) is mapped back to the frame's row.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 from typing import Callable, Iterator
 
-import psycopg2
-
 from .. import validation as check
-from ..errors import DataValidationError, MarketstoreError, MissingExtraError
-from ..validation import INTERVAL_PATTERN, SYMBOL_PATTERN
-from ..models import Price
-from ._copy import COPY_COLUMNS, PRICE_COLUMNS, copy, duplicate, price_row, refused_line
+from ..errors import DataValidationError, MissingExtraError
+from ..models import PRICE_COLUMNS, Price, validate_price_row
+from ..rules import Matches
+from ..validation import NUMBER_TEXT, numeric_limit
+from ._copy import COPY_COLUMNS, copy
 
 CHUNK_ROWS = 65_536  # rows per batch: a few MB of CSV, while the server parses the previous one
 EXTRA = "pip install 'marketstore[frames]'"
 _NUMBERS = ("open", "high", "low", "close", "volume")
-_SYMBOL_RE, _INTERVAL_RE = re.compile(SYMBOL_PATTERN), re.compile(INTERVAL_PATTERN)
-# Numeric text as PostgreSQL's numeric input reads it (no NaN or Infinity: the rules refuse those).
-_NUMERIC_TEXT = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
-_MONEY_LIMIT = 10.0 ** (Price.high.max_digits - Price.high.decimal_places)
-_VOLUME_LIMIT = 10.0 ** (Price.volume.max_digits - Price.volume.decimal_places)
+# Numeric text as PostgreSQL's numeric input reads it, white space around allowed.
+_NUMERIC_TEXT = rf"^\s*{NUMBER_TEXT}\s*$"
 _FRAME_TYPES = (("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"), ("pyarrow", "RecordBatch"))
 
 
@@ -67,7 +63,7 @@ def frame_source(value, interval: str, symbol: str | None,
     ``symbol`` (for a frame without a symbol column) is refused for anything else.
     """
     if symbol is not None:
-        symbol = check.required_text("symbol", symbol, 32)
+        symbol = check.symbol(symbol)
     library = frame_library(value)
     if library is not None:
         return FrameStream(lambda again=False: batches(value, library, symbol), interval)
@@ -252,17 +248,22 @@ class FrameStream:
             if column.null_count:
                 bad |= column.is_null().to_numpy(zero_copy_only=False)
             out[name] = column
-        out["symbol"] = self._text(offset, out["symbol"], "symbol", _SYMBOL_RE, bad)
-        out["interval"] = self._text(offset, out["interval"], "interval", _INTERVAL_RE, bad)
-        out["timestamp"] = self._timestamps(offset, out["timestamp"], bad)
+        rules = Price._meta.rules
+        out["symbol"] = self._text(offset, out["symbol"], "symbol", rules.pattern("symbol"), bad)
+        out["interval"] = self._text(offset, out["interval"], "interval", rules.pattern("interval"), bad)
         values = {}
+        out["timestamp"], values["timestamp"] = self._timestamps(offset, out["timestamp"], bad)
+        doubt = np.zeros(rows, dtype=bool)
         for name in _NUMBERS:
-            out[name], values[name] = self._number(offset, out[name], name, bad)
-        # The rules of prices on values rounded to the 8 decimals the columns keep; NaN fails every one.
-        o, h, lo, c, v = (np.round(values[n], 8) for n in _NUMBERS)
-        with np.errstate(invalid="ignore"):
-            doubt = ~((lo > 0) & (lo <= o) & (o <= h) & (lo <= c) & (c <= h) & (h < _MONEY_LIMIT)
-                      & (v >= 0) & (v < _VOLUME_LIMIT))
+            out[name], floats = self._number(offset, out[name], name, bad)
+            # Rounded to the decimals the column keeps, as the server stores it; NaN fails every rule.
+            field = Price._meta.fields[name]
+            values[name] = np.round(floats, field.decimal_places)
+            with np.errstate(invalid="ignore"):
+                doubt |= ~(np.abs(values[name]) < float(numeric_limit(field)))
+        found = rules.mask(values, np)
+        if found is not None:
+            doubt |= found
         # The first row refused, in the row's own words; a row only the rules doubted (rounding at the
         # 8th decimal) that the row rules accept goes on, and the table's CHECKs decide.
         for index in np.flatnonzero(bad | doubt):
@@ -281,14 +282,16 @@ class FrameStream:
     def _is_text(self, column) -> bool:
         return self._pa.types.is_string(column.type) or self._pa.types.is_large_string(column.type)
 
-    def _text(self, offset: int, column, name: str, pattern: re.Pattern, bad):
+    def _text(self, offset: int, column, name: str, rule: Matches | None, bad):
         pa, pc = self._pa, self._pc
         column = self._string(column)
         if not self._is_text(column):
             raise DataValidationError(name, column[0].as_py(), f"a column of text, not {column.type}",
                                       **self._where(offset + 1))
-        # A pattern per distinct value, not per row.
-        wrong = [value for value in pc.unique(column).to_pylist() if value is not None and not pattern.fullmatch(value)]
+        # The rule (and the column's length) per distinct value, not per row.
+        limit = Price._meta.fields[name].max_length
+        wrong = [value for value in pc.unique(column).to_pylist()
+                 if value is not None and (len(value) > limit or (rule is not None and not rule.accepts(value)))]
         if wrong:
             bad |= pc.is_in(column, pa.array(wrong, column.type)).fill_null(False).to_numpy(zero_copy_only=False)
         return column
@@ -303,11 +306,9 @@ class FrameStream:
         # (nanoseconds are cut to the microseconds PostgreSQL keeps).
         stamps = column.cast(pa.timestamp(column.type.unit), safe=False).cast(pa.timestamp("us"), safe=False)
         micros = stamps.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        low, high = -62135596800 * 10**6, 253402300800 * 10**6  # 0001-01-01 and 10000-01-01 UTC
-        bad |= (micros < low) | (micros >= high)
         # As text with an explicit +00 offset: Arrow formats a naive column ~15x faster than an aware one,
         # and the offset makes the server's reading independent of the session's time zone.
-        return self._pc.binary_join_element_wise(stamps.cast(pa.string()), "+00", "")
+        return self._pc.binary_join_element_wise(stamps.cast(pa.string()), "+00", ""), micros
 
     def _number(self, offset: int, column, name: str, bad):
         """``(the column as written, its float64 values)``; NaN where a value is not a finite number."""
@@ -331,36 +332,32 @@ class FrameStream:
         return {name: column[index].as_py() for name, column in arrays.items()}
 
     def _refuse(self, offset: int, arrays: dict, index: int, lenient: bool = False) -> None:
-        """Raise the row's own verdict (:func:`price_row`) for row ``index`` of the chunk.
+        """Raise the row's own verdict (:func:`validate_price_row`) for row ``index`` of the chunk.
 
         ``lenient``: a row the vectorised rules doubted (rounding at the 8th
         decimal) but that the row rules accept goes on; the table's CHECKs decide.
         """
         row = self._row(offset, arrays, int(index))
         try:
-            price_row(row, self._interval)
+            validate_price_row(row, self._interval)
         except DataValidationError as exc:
             raise exc.at(**self._where(offset + int(index) + 1)) from None
         if not lenient:
             raise DataValidationError("row", row, "a price row", **self._where(offset + int(index) + 1))
 
-    # -- the server's refusals -------------------------------------------------------
-    def refusal(self, exc: psycopg2.Error) -> MarketstoreError | None:
-        """A row the server refused (COPY line = frame row), as the error naming it."""
-        found = refused_line(exc)
-        if found is None:
-            return None
-        line, column, quoted = found
-        where = self._where(line)
-        if exc.pgcode == "23505":
-            return duplicate(exc, **where)
+    # -- the server's refusals (see ._copy.refusal) ----------------------------------
+    def where(self, line: int) -> dict:
+        return self._where(line)
+
+    def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
+        """Validation's error for frame row ``line`` (COPY line = frame row), if still at hand."""
         for offset, arrays in self._recent:
             count = len(next(iter(arrays.values())))
             if offset < line <= offset + count:
+                row = self._row(offset, arrays, line - offset - 1)
                 try:
-                    price_row(self._row(offset, arrays, line - offset - 1), self._interval)
+                    validate_price_row(row, self._interval)
                 except DataValidationError as error:
-                    return error.at(**where)
-        rule = exc.diag.constraint_name
-        return DataValidationError(column or "row", quoted, f"a row within the rule {rule}" if rule else
-                                   f"a value the server accepts (it said: {exc.diag.message_primary})", **where)
+                    return error, row
+                return None, None
+        return None, None

@@ -16,9 +16,10 @@ from ..errors import DataValidationError, DuplicateKeyError
 from ..models import Price
 from ..repository import BaseRepository, reads
 from ..validation import UTC
-from ._copy import STAGE, STAGE_CREATE, STAGE_MERGE, RowStream
+from ._copy import COPY_COLUMNS, CopySource
 from ._csv import CsvBody, csv_header
-from ._frames import FrameStream, frame_source
+from ._frames import frame_source
+from ._rows import RowStream
 from ._frames_out import build_frame, check_library, fetch_columns
 from ._sql import BUCKET_ORIGIN, aware
 
@@ -130,6 +131,28 @@ def _resample_sql(many: bool) -> str:
             f'AND "timestamp" >= %s AND "timestamp" < %s GROUP BY {by}bucket ORDER BY {by}bucket')
 
 
+# upsert_many's staging table: the rules of prices (LIKE ... INCLUDING CONSTRAINTS, so a
+# refused row names its line as copy_from's would) but no index and no WAL; dropped at the
+# end of the call (ON COMMIT DROP too, in case the caller's transaction outlives an error).
+STAGE = "marketstore_price_stage"
+STAGE_CREATE = (
+    f"CREATE TEMPORARY TABLE {STAGE} (LIKE prices INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP; "
+    # id numbers the staged rows in input order (and takes nothing from prices' sequence)
+    f"ALTER TABLE {STAGE} ALTER COLUMN id DROP DEFAULT, ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY; "
+    "SELECT current_setting('work_mem'), set_config('work_mem', '256MB', true)"
+)
+# ON CONFLICT may touch a row once per statement: DISTINCT ON keeps the last
+# staged row (highest id) of each key, as applying the rows in order would.
+STAGE_MERGE = (
+    f"INSERT INTO prices ({COPY_COLUMNS}) "
+    f'SELECT DISTINCT ON (symbol, "interval", "timestamp") {COPY_COLUMNS} FROM {STAGE} '
+    'ORDER BY symbol, "interval", "timestamp", id DESC '
+    'ON CONFLICT (symbol, "interval", "timestamp") DO UPDATE SET '
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in ("open", "high", "low", "close", "volume"))
+    + f"; DROP TABLE {STAGE}; SELECT set_config('work_mem', %s, true)"
+)
+
+
 class PriceRepository(BaseRepository[Price]):
     """OHLCV bars. Served by the unique (symbol, interval, timestamp) index."""
 
@@ -146,7 +169,7 @@ class PriceRepository(BaseRepository[Price]):
         timestamps): the fast path for large reads, at the cost of the driver's
         own fetch. Raises ``DataValidationError`` for a bad parameter.
         """
-        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        symbol, interval = check.symbol(symbol), check.interval(interval)
         start, end = check.span(start, end)
         check.flag("as_tuples", as_tuples)
         sql = (f'SELECT {_PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s '
@@ -158,7 +181,7 @@ class PriceRepository(BaseRepository[Price]):
     @reads
     def latest(self, symbol: str, interval: str = "1m") -> Price | None:
         """The newest bar of ``symbol``/``interval``, or ``None``."""
-        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        symbol, interval = check.symbol(symbol), check.interval(interval)
         query = (Price.select().where(Price.symbol == symbol, Price.interval == interval)
                  .order_by(Price.timestamp.desc()).limit(1))
         with self.session("latest"):
@@ -171,7 +194,7 @@ class PriceRepository(BaseRepository[Price]):
         One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
         sort of the whole table as ``DISTINCT ON`` would need.
         """
-        wanted, interval = check.symbol_list(symbols, 32, MAX_SYMBOLS), check.interval(interval)
+        wanted, interval = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS), check.interval(interval)
         if not wanted:
             return {}
         sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
@@ -209,7 +232,7 @@ class PriceRepository(BaseRepository[Price]):
             if source is None:
                 return 0
             with self.session("upsert_many") as db:
-                if isinstance(source, (CsvBody, FrameStream)):
+                if source.rereadable:
                     count, source = self._copy_new(db, source)
                     if source is None:
                         return count
@@ -220,17 +243,14 @@ class PriceRepository(BaseRepository[Price]):
         return count
 
     @staticmethod
-    def _copy_new(db, body: CsvBody | FrameStream) -> tuple[int, CsvBody | FrameStream | None]:
+    def _copy_new(db, body: CopySource) -> tuple[int, CopySource | None]:
         """Try a file (or a frame) as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
 
         ``INSERT ... ON CONFLICT`` costs twice a plain insert and ``COPY``
         batches its writes, so a file of new bars loads at ``copy_from``'s
         speed. The first bar already stored (or repeated) undoes the attempt
         (a savepoint) and the file is read again through the staging table.
-        A file that cannot be read twice (a FIFO) goes to the staging table.
         """
-        if not body.rereadable:
-            return 0, body
         db.execute_sql("SAVEPOINT marketstore_upsert_new")
         try:
             count = body.copy_into(db, "prices")
@@ -291,7 +311,7 @@ class PriceRepository(BaseRepository[Price]):
     @staticmethod
     @contextmanager
     def _source(rows_or_csv_path, interval: str, progress: Progress | None,
-                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[RowStream | CsvBody | None]:
+                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[CopySource | None]:
         """``rows_or_csv_path`` as a COPY source (``None``: an empty file, no rows).
 
         A ``str`` or path-like is a CSV file (a Parquet file if it ends in
@@ -337,7 +357,7 @@ class PriceRepository(BaseRepository[Price]):
         Per bucket: first open, max high, min low, last close, summed volume
         and the number of source bars; oldest first, empty buckets omitted.
         """
-        symbol, interval = check.required_text("symbol", symbol, 32), check.interval(interval)
+        symbol, interval = check.symbol(symbol), check.interval(interval)
         start, end = check.span(start, end)
         width = check.bucket(bucket)
         with self.session("resample") as db:
@@ -361,7 +381,7 @@ class PriceRepository(BaseRepository[Price]):
         parameter, ``MissingExtraError`` without the extra.
         """
         many = not isinstance(symbols, str)
-        wanted = check.symbol_list(symbols, 32, MAX_SYMBOLS) if many else [check.required_text("symbol", symbols, 32)]
+        wanted = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS) if many else [check.symbol(symbols)]
         interval, (start, end) = check.interval(interval), check.span(start, end)
         kind, width = check_library(library), None if bucket is None else check.bucket(bucket)
         numbers = ("open", "high", "low", "close", "volume") + (("bars",) if width is not None else ())
@@ -389,7 +409,7 @@ class PriceRepository(BaseRepository[Price]):
         symbol), instead of reading every row as ``SELECT DISTINCT`` would.
         """
         limit = check.limit(limit)
-        after = None if after is None else check.required_text("after", after, 32)
+        after = None if after is None else check.symbol(after, "after")
         sql = ("WITH RECURSIVE s(symbol, n) AS ("
                "  (SELECT symbol, 1 FROM prices WHERE %s::text IS NULL OR symbol > %s ORDER BY symbol LIMIT 1)"
                "  UNION ALL"

@@ -20,7 +20,7 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
     @reads
     def latest(self, symbol: str) -> TradingSignal | None:
         """The newest signal for ``symbol``, or ``None``."""
-        symbol = check.required_text("symbol", symbol, 32)
+        symbol = check.symbol(symbol)
         query = (TradingSignal.select().where(TradingSignal.symbol == symbol)
                  .order_by(TradingSignal.timestamp.desc(), TradingSignal.id.desc()).limit(1))
         with self.session("latest"):
@@ -34,7 +34,7 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
         Newest first; ``after_id`` (the id of the last signal of a page) gives the next page.
         """
         limit = check.limit(limit)
-        symbol = None if symbol is None else check.required_text("symbol", symbol, 32)
+        symbol = None if symbol is None else check.symbol(symbol)
         signal_type = None if signal_type is None else check.choice("signal_type", signal_type, SIGNAL_TYPES)
         since = check.optional_timestamp("since", since)
         after_id = None if after_id is None else check.positive_int("after_id", after_id, check.MAX_INT_ID)
@@ -59,7 +59,7 @@ class TradingSignalRepository(BaseRepository[TradingSignal]):
 
         ``after_id`` (the id of the last signal of a page) gives the next page.
         """
-        symbol = check.required_text("symbol", symbol, 32)
+        symbol = check.symbol(symbol)
         start, end = check.span(start, end)
         limit = check.limit(limit)
         after_id = None if after_id is None else check.positive_int("after_id", after_id, check.MAX_INT_ID)
@@ -119,7 +119,7 @@ class OrderRepository(BaseRepository[Order]):
 
     def _orders(self, operation: str, condition, symbol: str | None, limit: int,
                 after_id: int | None) -> list[Order]:
-        symbol = None if symbol is None else check.required_text("symbol", symbol, 32)
+        symbol = None if symbol is None else check.symbol(symbol)
         limit = check.limit(limit)
         after_id = None if after_id is None else check.positive_int("after_id", after_id)
         query = where(Order.select(), condition, None if symbol is None else Order.symbol == symbol)
