@@ -16,6 +16,7 @@ bar, a rule at the rounding edge) is mapped back to the frame's row.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import sys
 from typing import Callable, Iterator
@@ -350,14 +351,21 @@ class FrameStream:
         return self._where(line)
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
-        """Validation's error for frame row ``line`` (COPY line = frame row), if still at hand."""
-        for offset, arrays in self._recent:
-            count = len(next(iter(arrays.values())))
-            if offset < line <= offset + count:
-                row = self._row(offset, arrays, line - offset - 1)
-                try:
-                    validate_price_row(row, self._interval)
-                except DataValidationError as error:
-                    return error, row
-                return None, None
-        return None, None
+        """Validation's error for frame row ``line`` (COPY line = frame row).
+
+        The server reports a refusal only once the whole COPY was sent, so
+        the chunk may be gone: then it is read again from the frame (or file).
+        """
+        def holds(offset: int, arrays: dict) -> bool:
+            return offset < line <= offset + len(next(iter(arrays.values())))
+
+        chunks = itertools.chain(self._recent, self._factory(again=True))
+        found = next(((offset, arrays) for offset, arrays in chunks if holds(offset, arrays)), None)
+        if found is None:
+            return None, None
+        row = self._row(found[0], found[1], line - found[0] - 1)
+        try:
+            validate_price_row(row, self._interval)
+        except DataValidationError as error:
+            return error, row
+        return None, row
