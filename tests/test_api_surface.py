@@ -110,7 +110,7 @@ def test_every_exception_class_the_package_defines_is_a_marketstore_error():
 
 
 ALLOWED = {
-    ("marketstore.output", "TypeError"),  # json.dumps' default= hook must raise TypeError
+    ("marketstore.cli.output", "TypeError"),  # json.dumps' default= hook must raise TypeError
     # The pooled database keeps Peewee's contract for plain Peewee code (closing inside a
     # transaction, an uninitialized database); sessions translate at their boundary.
     ("marketstore.database", "OperationalError"),

@@ -13,8 +13,8 @@ from .. import embedded
 from ..config import URL_VAR, is_configured
 from ..connection import db_connection, initialize_database
 from ..errors import DatabaseConnectionError, DataValidationError, MarketstoreError, PoolExhaustedError, driver_error
-from ..output import FORMATS, render
 from ..repositories import PriceRepository, need
+from .output import FORMATS, render
 
 
 def connect(url: str | None) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import click
 
 from ..errors import DuplicateKeyError
-from ..ingest import file_size, load_articles, load_price_file, read_articles
+from .files import file_size, load_articles, load_price_file, read_articles
 from .common import command
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from ..models import ORDER_STATUSES, SIGNAL_TYPES
-from ..output import FORMATS, render
 from ..repositories import ArticleRepository, BacktestResultRepository, OrderRepository, TradingSignalRepository
+from .output import FORMATS, render
 from .common import command, emit, format_option, range_options, read_bars, write_parquet
 
 

@@ -13,11 +13,11 @@ import json
 import os
 from typing import Callable, Iterable, Iterator
 
-from .connection import get_db_session
-from .errors import DataValidationError
-from .models import Article
-from .repositories import PRICE_HEADER, ArticleRepository, PriceRepository
-from .validation import unreadable
+from ..connection import get_db_session
+from ..errors import DataValidationError
+from ..models import Article
+from ..repositories import PRICE_HEADER, ArticleRepository, PriceRepository
+from ..validation import unreadable
 
 ARTICLE_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
 # Set by the database: a client must not choose when we learnt of an article (point in time).

@@ -1,6 +1,6 @@
 """``marketstore demo``: the synthetic market week loaded through the repositories.
 
-:func:`load` writes :func:`marketstore.synthetic.generate`'s data in one
+:func:`load` writes :func:`.synthetic.generate`'s data in one
 transaction, :func:`report` reads it back with the repositories' queries.
 
 Demo rows are recognisable, so ``--reset`` removes only them: articles under
@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .connection import get_db_session
-from .errors import IntegrityViolation, MarketstoreError
-from .models import Article, BacktestResult, Event, Order, OrderEvent, Price, TradingSignal
-from .output import table
-from .repositories import (
+from ..connection import get_db_session
+from ..errors import IntegrityViolation, MarketstoreError
+from ..models import Article, BacktestResult, Event, Order, OrderEvent, Price, TradingSignal
+from ..repositories import (
     OPEN_STATUSES,
     ArticleRepository,
     BacktestResultRepository,
@@ -28,6 +27,7 @@ from .repositories import (
     SentimentScoreRepository,
     TradingSignalRepository,
 )
+from .output import table
 from .synthetic import INTERVAL, ORDER_PREFIX, SEED, SYMBOLS, URL_PREFIX, UTC, Market, generate, trading_minutes
 
 __all__ = ["DemoError", "LoadResult", "SEED", "URL_PREFIX", "delete_demo_rows", "generate", "load", "loaded_seed",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Sequence
 
-from .errors import DataValidationError, MarketstoreError
+from ..errors import DataValidationError, MarketstoreError
 
 HINT = "plotting needs matplotlib: pip install 'marketstore[plot]'"
 MAX_CANDLES = 200  # more bars than this: a close line reads better than candles
