@@ -109,6 +109,12 @@ def test_every_exception_class_the_package_defines_is_a_marketstore_error():
     assert [cls for cls in defined if not issubclass(cls, MarketstoreError)] == []
 
 
+def test_every_exception_class_is_defined_in_errors():
+    defined = [f"{value.__module__}.{value.__name__}" for module in _modules() for value in vars(module).values()
+               if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__]
+    assert [name for name in defined if not name.startswith("marketstore.errors.")] == []
+
+
 ALLOWED = {
     ("marketstore.cli.output", "TypeError"),  # json.dumps' default= hook must raise TypeError
     # The pooled database keeps Peewee's contract for plain Peewee code (closing inside a

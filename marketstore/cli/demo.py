@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..connection import get_db_session
-from ..errors import IntegrityViolation, MarketstoreError
+from ..errors import DemoError, IntegrityViolation
 from ..models import Article, BacktestResult, Event, Order, OrderEvent, Price, TradingSignal
 from ..repositories import (
     OPEN_STATUSES,
@@ -34,11 +34,6 @@ __all__ = ["DemoError", "LoadResult", "SEED", "URL_PREFIX", "delete_demo_rows", 
            "report"]
 
 LOCK_KEY = 0x64656D6F  # "demo": two demos at once load one after the other
-
-
-class DemoError(MarketstoreError, ValueError):
-    """The demo cannot run as asked (e.g. another seed's data is loaded)."""
-
 
 
 # -- loading ------------------------------------------------------------------

@@ -9,7 +9,7 @@ import click
 
 from ..errors import DuplicateKeyError
 from .files import file_size, load_articles, load_price_file, read_articles
-from .common import command
+from .common import command, in_file
 
 
 @contextmanager
@@ -67,8 +67,8 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
         with _progress(file, "prices") as tick:
             count = load_price_file(file, interval, upsert, tick)
     except DuplicateKeyError as exc:
-        at = f"line {exc.line}: " if exc.line is not None else f"row {exc.row}: " if exc.row is not None else ""
-        raise click.ClickException(f"{exc.source or file}: {at}the bar ({', '.join(exc.key.values())}) is already "
+        where = in_file(exc.source or file, line=exc.line, row=exc.row)
+        raise click.ClickException(f"{where}: the bar ({', '.join(exc.key.values())}) is already "
                                    "stored or appears earlier in the file; use --upsert to update existing bars "
                                    "(nothing was loaded)") from exc
     verb = "Inserted or updated" if upsert else "Loaded"
