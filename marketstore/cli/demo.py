@@ -93,12 +93,11 @@ def _store(market: Market, step: Callable[[str], None]) -> None:
     _timed(step, "prices (COPY)", started, counts["prices"])
 
     started = time.perf_counter()
-    articles = ArticleRepository()
-    ids = []
-    for row in market.articles:
-        data = dict(row)
-        article, _ = articles.create_if_new(url=data.pop("url"), **data)
-        ids.append(article.id)
+    ArticleRepository().copy_from(market.articles)
+    # Scores and events point at articles by position; an article already stored keeps its id.
+    urls = [row["url"] for row in market.articles]
+    stored = dict(Article.select(Article.url, Article.id).where(Article.url.in_(urls)).tuples())
+    ids = [stored[url] for url in urls]
     counts["articles"] = len(ids)
     counts["sentiment_scores"] = SentimentScoreRepository().bulk_create(
         [{**row, "article": ids[row["article"]]} for row in market.scores])
