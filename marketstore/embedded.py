@@ -14,30 +14,21 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import MarketstoreError
+from .config import URL_VAR
+from .errors import EmbeddedUnavailable
+from .extras import require
 
 logger = logging.getLogger(__name__)
 
-_HINT = (
-    "the embedded PostgreSQL needs the 'embedded' extra: pip install 'marketstore[embedded]', "
-    "or set MARKETSTORE_DATABASE_URL to a PostgreSQL server"
-)
-
-
-class EmbeddedUnavailable(MarketstoreError, RuntimeError):
-    """The embedded PostgreSQL cannot be used: pgserver is not installed, or the data dir is unusable."""
+__all__ = ["EmbeddedUnavailable", "data_dir", "embedded_url", "stop"]
 
 
 def _pgserver():
-    try:
-        with warnings.catch_warnings():
-            # pgserver resolves platformdirs.user_runtime_path() at import time, which
-            # warns on every run when XDG_RUNTIME_DIR is unset (containers, CI, cron).
-            warnings.simplefilter("ignore")
-            import pgserver
-    except ImportError as exc:
-        raise EmbeddedUnavailable(_HINT) from exc
-    return pgserver
+    with warnings.catch_warnings():
+        # pgserver resolves platformdirs.user_runtime_path() at import time, which
+        # warns on every run when XDG_RUNTIME_DIR is unset (containers, CI, cron).
+        warnings.simplefilter("ignore")
+        return require("pgserver", "embedded", otherwise=f"set {URL_VAR} to a PostgreSQL server")
 
 
 def data_dir() -> Path:
@@ -76,7 +67,8 @@ def embedded_url(database: str = "postgres") -> str:
 
     The URL (``postgresql://postgres@/DB?host=SOCKET_DIR&port=5432``) connects over a
     unix socket as the trusted superuser ``postgres``; only the ``postgres`` database
-    exists at first. Raises EmbeddedUnavailable when pgserver is not installed.
+    exists at first. Raises MissingExtraError when pgserver is not installed,
+    EmbeddedUnavailable when the data directory cannot be used.
     """
     pgserver = _pgserver()
     pgdata = data_dir().expanduser().resolve()

@@ -24,7 +24,31 @@ class ConfigurationError(MarketstoreError, ValueError):
 
 
 class MissingExtraError(MarketstoreError, ImportError):
-    """An optional feature was used without its extra installed; the message names the extra."""
+    """An optional feature was used without its extra installed; the message names the extra.
+
+    Raised by :func:`marketstore.extras.require`, which says it the one way:
+    ``extra`` (e.g. ``'frames'``) and the missing ``module`` are attributes.
+    """
+
+    def __init__(self, message: str, *, extra: str | None = None, module: str | None = None):
+        super().__init__(message)
+        self.extra, self.module = extra, module
+
+
+# The plot extra's missing matplotlib is a MissingExtraError like any other extra;
+# the name stays for code that catches it.
+PlotUnavailable = MissingExtraError
+
+
+class EmbeddedUnavailable(MarketstoreError, RuntimeError):
+    """The embedded PostgreSQL cannot start here (its data directory is unusable, or initdb/pg_ctl failed).
+
+    Without the ``embedded`` extra installed, :class:`MissingExtraError` is raised instead.
+    """
+
+
+class DemoError(MarketstoreError, ValueError):
+    """The demo cannot run as asked (e.g. another seed's data is loaded)."""
 
 
 class DatabaseConnectionError(MarketstoreError, peewee.OperationalError):
@@ -59,6 +83,24 @@ class ReadOnlyError(QueryError):
     """A write reached a standby or a read-only session (SQLSTATE 25006)."""
 
 
+def location(source: str | None = None, line: int | None = None, row: int | None = None,
+             field: str | None = None) -> str:
+    """Where a value is, for a message a person reads; ``""`` when nothing is known.
+
+    ``location("bars.csv", line=4)`` is ``"bars.csv, line 4"``, ``location(row=3,
+    field="close")`` is ``"row 3, field 'close'"``: a file's ``line`` (the header
+    being line 1), or a ``row`` (1-based among the rows given). Every message
+    that says where -- the errors' own and the command line's -- is built here.
+    """
+    parts = [source, None if line is None else f"line {line}", None if row is None else f"row {row}",
+             None if field is None else f"field '{field}'"]
+    return ", ".join(part for part in parts if part is not None)
+
+
+def _prefixed(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
 class DataValidationError(MarketstoreError, ValueError):
     """Input refused before it reached the server.
 
@@ -74,15 +116,12 @@ class DataValidationError(MarketstoreError, ValueError):
         self.value = value
         self.expected = expected
         self.source, self.line, self.row = source, line, row
-        super().__init__(f"{self.location}{field}={_short(value)}: expected {expected}")
+        super().__init__(_prefixed(self.location, f"{field}={_short(value)}: expected {expected}"))
 
     @property
     def location(self) -> str:
-        """``"<source>, line N: "``, ``"row N: "`` or ``""``: where the bad value was."""
-        parts = [self.source, None if self.line is None else f"line {self.line}",
-                 None if self.row is None else f"row {self.row}"]
-        where = ", ".join(p for p in parts if p is not None)
-        return f"{where}: " if where else ""
+        """Where the bad value was (:func:`location` of ``source``, ``line``, ``row``), or ``""``."""
+        return location(self.source, self.line, self.row)
 
     def at(self, *, source: str | None = None, line: int | None = None,
            row: int | None = None) -> "DataValidationError":
@@ -201,8 +240,11 @@ class DuplicateKeyError(IntegrityViolation):
                  row: int | None = None):
         self.key = dict(key)
         self.source, self.line, self.row = source, line, row
-        parts = [source, None if line is None else f"line {line}", None if row is None else f"row {row}"]
-        where = ", ".join(p for p in parts if p is not None)
-        super().__init__(f"{where + ': ' if where else ''}the key ({', '.join(self.key)})="
-                         f"({', '.join(map(str, self.key.values()))}) is already stored, "
-                         "or appears earlier in the input")
+        super().__init__(_prefixed(self.location, f"the key ({', '.join(self.key)})="
+                                   f"({', '.join(map(str, self.key.values()))}) is already stored, "
+                                   "or appears earlier in the input"))
+
+    @property
+    def location(self) -> str:
+        """Where the key was (:func:`location` of ``source``, ``line``, ``row``), or ``""``."""
+        return location(self.source, self.line, self.row)

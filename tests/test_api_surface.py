@@ -29,7 +29,8 @@ POSITIONAL = {
                         "copy_from": ["rows_or_csv_path"], "resample": ["symbol", "start", "end", "bucket"],
                         "symbols": [], "delete_before": ["ts"], "frame": ["symbols", "start", "end"]},
     "ArticleRepository": {"for_symbol": ["symbol", "since", "limit"], "recent": ["limit"],
-                          "search": ["text", "limit"], "create_if_new": ["url"]},
+                          "search": ["text", "limit"], "create_if_new": ["url"],
+                          "copy_from": ["rows_or_jsonl_path"]},
     "SentimentScoreRepository": {"for_article": ["article_id"], "average_for_symbol": ["symbol", "start", "end"],
                                  "timeseries": ["symbol", "start", "end", "bucket"],
                                  "frame": ["symbols", "start", "end"]},
@@ -109,8 +110,14 @@ def test_every_exception_class_the_package_defines_is_a_marketstore_error():
     assert [cls for cls in defined if not issubclass(cls, MarketstoreError)] == []
 
 
+def test_every_exception_class_is_defined_in_errors():
+    defined = [f"{value.__module__}.{value.__name__}" for module in _modules() for value in vars(module).values()
+               if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__]
+    assert [name for name in defined if not name.startswith("marketstore.errors.")] == []
+
+
 ALLOWED = {
-    ("marketstore.output", "TypeError"),  # json.dumps' default= hook must raise TypeError
+    ("marketstore.cli.output", "TypeError"),  # json.dumps' default= hook must raise TypeError
     # The pooled database keeps Peewee's contract for plain Peewee code (closing inside a
     # transaction, an uninitialized database); sessions translate at their boundary.
     ("marketstore.database", "OperationalError"),

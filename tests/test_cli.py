@@ -38,7 +38,7 @@ def test_every_command_has_help_with_an_example(path, cmd):
         assert "--database URL" in result.stdout
 
 
-def test_the_issue_s_commands_exist():
+def test_every_command_of_the_spec_exists():
     names = {" ".join(path) for path, _ in COMMANDS}
     assert {"migrate", "verify", "health", "grant", "demo", "ingest prices", "ingest articles", "query prices",
             "query articles", "query signals", "query orders", "query backtests", "plot prices",

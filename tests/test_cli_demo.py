@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from cli_helpers import fails, succeeds
 
-from marketstore import demo
+from marketstore.cli import demo
 from marketstore.models import MODELS
 
 TABLES = [model._meta.table_name for model in MODELS]

@@ -1,4 +1,4 @@
-"""``marketstore ingest prices FILE.parquet`` and ``query prices --format parquet`` (issue 11 §5)."""
+"""``marketstore ingest prices FILE.parquet`` and ``query prices --format parquet``: a frame file in, and out."""
 from __future__ import annotations
 
 import datetime as dt

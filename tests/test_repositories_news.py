@@ -19,7 +19,7 @@ from marketstore import (
     SentimentScoreRepository,
 )
 from marketstore.repositories import BUCKET_ORIGIN, SentimentBucket
-from helpers import count_rows
+from helpers import count_rows, sent_statements
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, tzinfo=UTC)
@@ -151,6 +151,87 @@ def test_create_if_new_returns_existing_unchanged(articles, raw):
     assert (created, created_again) == (True, False)
     assert again.id == first.id and again.title == "First" and again.symbols == ["AAPL"]
     assert count_rows(raw, "articles") == 1
+
+
+def _stored(raw):
+    with raw.cursor() as cur:
+        cur.execute("SELECT url, title, symbols, published_at FROM articles ORDER BY id")
+        return cur.fetchall()
+
+
+def test_copy_from_inserts_rows_and_skips_stored_or_repeated_urls_with_one_insert_per_batch(articles, raw):
+    articles.create(title="already stored", url="https://x.example/0")
+    rows = [{"title": f"article {i}", "url": f"https://x.example/{i % 4}", "symbols": ["AAPL"],
+             "published_at": T0 + i * HOUR} for i in range(7)]
+    rows.append({"title": "no url"})  # never a duplicate
+    with sent_statements() as sent:
+        assert articles.copy_from(rows, batch_size=3) == (4, 4)  # urls 1, 2, 3 and the one without
+    inserts = [sql for sql, _ in sent if sql.startswith('INSERT INTO "articles"')]
+    assert len(inserts) == 3 and all("ON CONFLICT" in sql and "RETURNING" in sql for sql in inserts)
+    assert [sql for sql, _ in sent if sql not in inserts] == []  # nothing row by row beside them
+    assert _stored(raw) == [
+        ("https://x.example/0", "already stored", [], None),
+        ("https://x.example/1", "article 1", ["AAPL"], T0 + HOUR),
+        ("https://x.example/2", "article 2", ["AAPL"], T0 + 2 * HOUR),
+        ("https://x.example/3", "article 3", ["AAPL"], T0 + 3 * HOUR),
+        (None, "no url", [], None),
+    ]
+    assert articles.copy_from(rows) == (1, 7)  # again: only the article without a url is new
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"title": "t", "symbols": "AAPL"}, "symbols"),
+    ({"url": "https://x.example/no-title"}, "title"),
+    ({"title": "t", "ingested_at": T0}, "ingested_at"),  # the database's, for point-in-time reads
+    ({"title": "t", "id": 7}, "id"),
+    ({"title": "t", "author": "x"}, "author"),
+    ("a title", "row"),
+])
+def test_copy_from_a_bad_row_names_row_and_field_and_loads_nothing(articles, raw, bad, field):
+    rows = [{"title": f"article {i}", "url": f"https://x.example/{i}"} for i in range(5)]
+    rows.insert(4, bad)  # after a whole first batch was sent
+    with pytest.raises(DataValidationError) as info:
+        articles.copy_from(rows, batch_size=2)
+    assert (info.value.row, info.value.field) == (5, field)
+    assert count_rows(raw, "articles") == 0
+
+
+def test_copy_from_a_jsonl_file_names_its_line(articles, raw, tmp_path):
+    path = tmp_path / "news.jsonl"
+    path.write_text('{"title": "one", "url": "https://x.example/1", "published_at": "2024-03-04T10:00:00Z"}\n'
+                    "\n"
+                    '{"title": "one again", "url": "https://x.example/1"}\n'
+                    '{"title": "two", "symbols": ["MSFT"]}\n', encoding="utf-8")
+    assert articles.copy_from(path) == (2, 1)
+    assert _stored(raw) == [("https://x.example/1", "one", [], dt.datetime(2024, 3, 4, 10, tzinfo=UTC)),
+                            (None, "two", ["MSFT"], None)]
+    path.write_text('{"title": "three"}\n{"title": "four", "published_at": "soon"}\n', encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        articles.copy_from(str(path))
+    assert (info.value.source, info.value.line, info.value.field) == (str(path), 2, "published_at")
+    path.write_text('{"title": "five"}\n{"title": \n', encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        articles.copy_from(str(path))
+    assert (info.value.line, info.value.field) == (2, "row") and "valid JSON" in info.value.expected
+    assert count_rows(raw, "articles") == 2
+
+
+def test_copy_from_inside_a_session_is_undone_with_it(articles, raw):
+    with pytest.raises(RuntimeError):
+        with marketstore.get_db_session():
+            assert articles.copy_from([{"title": "t", "url": "https://x.example/1"}]) == (1, 0)
+            raise RuntimeError("the caller fails after the load")
+    assert count_rows(raw, "articles") == 0
+
+
+def test_copy_from_refuses_what_is_not_rows_or_a_path(articles):
+    for bad in (b"news.jsonl", {"title": "t"}, 42):
+        with pytest.raises(DataValidationError) as info:
+            articles.copy_from(bad)
+        assert info.value.field == "rows_or_jsonl_path"
+    with pytest.raises(DataValidationError) as info:
+        articles.copy_from("/no/such/news.jsonl")
+    assert info.value.field == "path"
 
 
 @pytest.mark.parametrize("url, data, field", [

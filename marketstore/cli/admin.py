@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from .. import demo as demo_data
 from ..connection import db_connection
 from ..migrations import DatabaseMigration, grant_application_role
+from . import demo as demo_data
 from .common import command
 
 @click.command()

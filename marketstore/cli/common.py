@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import re
 import subprocess
 from pathlib import Path
 
@@ -12,9 +11,11 @@ import psycopg2.errorcodes
 from .. import embedded
 from ..config import URL_VAR, is_configured
 from ..connection import db_connection, initialize_database
-from ..errors import DatabaseConnectionError, DataValidationError, MarketstoreError, PoolExhaustedError, driver_error
-from ..output import FORMATS, render
-from ..repositories import PriceRepository, need
+from ..errors import (DatabaseConnectionError, DataValidationError, EmbeddedUnavailable, MarketstoreError,
+                      PoolExhaustedError, driver_error, location)
+from ..extras import require
+from ..repositories import PriceRepository
+from .output import FORMATS, render
 
 
 def connect(url: str | None) -> None:
@@ -26,7 +27,7 @@ def connect(url: str | None) -> None:
             # pgserver's initdb/pg_ctl failed; it logs their output (shown with -v).
             step = (f"{Path(exc.cmd[0]).name} exited with status {exc.returncode}"
                     if isinstance(exc, subprocess.CalledProcessError) else str(exc))
-            raise embedded.EmbeddedUnavailable(
+            raise EmbeddedUnavailable(
                 f"the embedded PostgreSQL in {embedded.data_dir()} could not start ({step}; -v shows more): "
                 f"set {URL_VAR} or pass --database to use another server") from exc
         click.echo(f"Using the embedded PostgreSQL, data in {embedded.data_dir()}", err=True)
@@ -64,18 +65,22 @@ def hint(exc: MarketstoreError) -> str:
     settings = db_connection.settings
     where = settings.safe_url() if settings is not None else "the database"
     if isinstance(exc, DataValidationError) and exc.source is not None:
-        at = f"line {exc.line}, " if exc.line is not None else f"row {exc.row}, " if exc.row is not None else ""
         got = "" if exc.value == exc.source else f"got {shown(exc.value)}, "
-        return f"{exc.source}: {at}field '{exc.field}': {got}expected {exc.expected}"
+        return f"{in_file(exc.source, line=exc.line, row=exc.row, field=exc.field)}: {got}expected {exc.expected}"
     driver = driver_error(exc)
     if driver is not None and driver.pgcode == psycopg2.errorcodes.UNDEFINED_TABLE:
         return f"{driver.diag.message_primary} in {where}: run `marketstore migrate` first"
     if isinstance(exc, DatabaseConnectionError) and not isinstance(exc, PoolExhaustedError) and driver is not None:
-        # libpq's reason, without its own "connection to server ... failed:" and "FATAL:"
-        reason = str(driver).strip().splitlines()[0]
-        reason = re.sub(r"^connection to server .*? failed: ", "", reason)
-        return f"cannot connect to {where}: {re.sub(r'^FATAL: +', '', reason)}"
+        # A refused connection has no SQLSTATE or diagnostics in psycopg2, only libpq's
+        # text: shown whole (its first line), never taken apart.
+        return f"cannot connect to {where}: {str(driver).strip().splitlines()[0]}"
     return str(exc)
+
+
+def in_file(source: str, **where) -> str:
+    """``"bars.csv: line 4, field 'close'"``: the file, then :func:`~marketstore.errors.location` of ``where``."""
+    rest = location(**where)
+    return f"{source}: {rest}" if rest else source
 
 
 def format_option(fn):
@@ -106,11 +111,11 @@ def read_bars(symbol: str, start: str, end: str, bucket: str | None, interval: s
 def write_parquet(symbol: str, start: str, end: str, bucket: str | None, interval: str, path: str) -> int:
     """Bars of ``symbol`` (resampled into ``bucket``) as a Parquet file without index; returns the rows.
 
-    Columns ``symbol, timestamp, open, high, low, close, volume[, bars]``.
+    Columns ``symbol, timestamp, open, high, low, close, volume[, bars]``: the
+    frame of a list of symbols has the ``symbol`` column that ``ingest prices`` reads.
     """
-    table = PriceRepository().frame(symbol, start, end, interval=interval, bucket=bucket, library="arrow")
-    pa, parquet = need("pyarrow"), need("pyarrow.parquet")
-    table = table.add_column(0, "symbol", pa.repeat(symbol, table.num_rows))
+    table = PriceRepository().frame([symbol], start, end, interval=interval, bucket=bucket, library="arrow")
+    parquet = require("pyarrow.parquet", "frames")
     try:
         parquet.write_table(table, path)
     except OSError as exc:

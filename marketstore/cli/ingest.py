@@ -1,21 +1,30 @@
 """``marketstore ingest prices | articles``: load files, all or nothing."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
 
 import click
 
-from ..errors import DuplicateKeyError
-from ..ingest import file_size, load_articles, load_price_file, read_articles
-from .common import command
+from ..errors import DataValidationError, DuplicateKeyError
+from ..repositories import PRICE_HEADER, ArticleRepository, PriceRepository
+from .common import command, in_file
+
+
+def _file_size(path: str) -> int | None:
+    """Size in bytes for a progress bar, or ``None`` when unknown."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 @contextmanager
 def _progress(path: str, label: str):
     """A byte-counting progress bar on a terminal; ``None`` (silence) when piped."""
-    size = file_size(path)
+    size = _file_size(path)
     if not size or not sys.stderr.isatty():
         yield None
         return
@@ -62,13 +71,18 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
       marketstore ingest prices bars.parquet
       marketstore ingest prices corrections.csv --upsert
     """
+    # An empty CSV file is no rows to the repository; a user meant some.
+    if _file_size(file) == 0 and os.path.isfile(file) and not file.lower().endswith(".parquet"):
+        raise DataValidationError("header", "", f"the header {PRICE_HEADER} (the file is empty)", source=file, line=1)
+    prices = PriceRepository()
+    load = prices.upsert_many if upsert else prices.copy_from
     started = time.perf_counter()
     try:
         with _progress(file, "prices") as tick:
-            count = load_price_file(file, interval, upsert, tick)
+            count = load(file, interval=interval, progress=tick)
     except DuplicateKeyError as exc:
-        at = f"line {exc.line}: " if exc.line is not None else f"row {exc.row}: " if exc.row is not None else ""
-        raise click.ClickException(f"{exc.source or file}: {at}the bar ({', '.join(exc.key.values())}) is already "
+        where = in_file(exc.source or file, line=exc.line, row=exc.row)
+        raise click.ClickException(f"{where}: the bar ({', '.join(exc.key.values())}) is already "
                                    "stored or appears earlier in the file; use --upsert to update existing bars "
                                    "(nothing was loaded)") from exc
     verb = "Inserted or updated" if upsert else "Loaded"
@@ -93,6 +107,6 @@ def ingest_articles(file: str) -> None:
     """
     started = time.perf_counter()
     with _progress(file, "articles") as tick:
-        created, skipped = load_articles(read_articles(file, tick))
+        created, skipped = ArticleRepository().copy_from(file, progress=tick)
     note = f" ({skipped:,} already stored, skipped)" if skipped else ""
     click.echo(f"Loaded {created:,} articles from {file}{note} in {time.perf_counter() - started:.1f} s.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from ..errors import DataValidationError
-from ..plotting import equity_chart, equity_points, price_chart, require_matplotlib
 from ..repositories import BacktestResultRepository
+from .plotting import equity_chart, equity_points, price_chart, require_matplotlib
 from .common import command, range_options, read_bars
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import click
 
 from ..models import ORDER_STATUSES, SIGNAL_TYPES
-from ..output import FORMATS, render
-from ..repositories import ArticleRepository, BacktestResultRepository, OrderRepository, TradingSignalRepository
+from ..repositories import (PRICE_COLUMNS, ArticleRepository, BacktestResultRepository, OrderRepository, PriceBar,
+                            TradingSignalRepository)
 from .common import command, emit, format_option, range_options, read_bars, write_parquet
+from .output import FORMATS, render
 
 
 @click.group("query")
@@ -54,14 +55,14 @@ def query_prices(symbol: str, start: str, end: str, bucket: str | None, interval
         click.echo(f"Wrote {count:,} bars to {out}.", err=True)
         return
     bars = read_bars(symbol, start, end, bucket, interval)
-    if bucket:
-        rows = [{"symbol": symbol, "timestamp": b.bucket, "open": b.open, "high": b.high, "low": b.low,
-                 "close": b.close, "volume": b.volume, "bars": b.count} for b in bars]
-        columns = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "bars"]
+    if bucket:  # a bucket's start is its timestamp; "bars" counts the bars it holds
+        values = [name for name in PriceBar._fields if name in PRICE_COLUMNS]
+        columns = [*(name for name in PRICE_COLUMNS if name != "interval"), "bars"]
+        rows = [{"symbol": symbol, "timestamp": b.bucket, "bars": b.count, **{v: getattr(b, v) for v in values}}
+                for b in bars]
     else:
-        rows = [{name: getattr(b, name) for name in ("symbol", "timestamp", "open", "high", "low", "close",
-                                                      "volume", "interval")} for b in bars]
-        columns = ["symbol", "timestamp", "open", "high", "low", "close", "volume", "interval"]
+        columns = list(PRICE_COLUMNS)
+        rows = [{name: getattr(b, name) for name in columns} for b in bars]
     if out:
         with open(out, "w", encoding="utf-8") as handle:
             handle.write(render(rows, columns, fmt) + "\n")

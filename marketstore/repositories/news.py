@@ -10,7 +10,11 @@ omitted.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, NamedTuple
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Callable, NamedTuple
 
 from peewee import JOIN
 
@@ -24,6 +28,69 @@ from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, wh
 # Everything but the generated search vector: large, and of no use to callers.
 _ARTICLE_FIELDS = [f for f in Article._meta.sorted_fields if f is not Article.search_vector]
 _ARTICLE_COLUMNS = ", ".join(f'a."{f.column_name}"' for f in _ARTICLE_FIELDS)
+
+# What a loaded article may say; the database sets the rest. A loader must not choose
+# when we learnt of an article: point-in-time queries depend on ingested_at.
+ARTICLE_INPUT_FIELDS = ("title", "content", "source", "url", "published_at", "symbols", "metadata")
+"""The fields :meth:`ArticleRepository.copy_from` takes from a row or a JSON Lines object."""
+_SET_BY_DATABASE = {"id": "assigned by the database", "ingested_at": "set by the database on insert"}
+_INPUT = [Article._meta.fields[name] for name in ARTICLE_INPUT_FIELDS]
+_DEFAULTS = {f.name: f.default() if callable(f.default) else f.default for f in _INPUT}
+
+Progress = Callable[[int], None]
+
+
+def _article_row(data, expected: str, where: dict) -> tuple:
+    """``data`` validated as an article, as a tuple in ``_INPUT`` order (defaults filled in)."""
+    if not isinstance(data, Mapping):
+        raise DataValidationError("row", data, expected, **where)
+    for name, why in _SET_BY_DATABASE.items():
+        if name in data:
+            raise DataValidationError(name, data[name], f"no {name}: it is {why}", **where)
+    for name in data:
+        if name not in _DEFAULTS:
+            raise DataValidationError(name, data[name], f"a known field ({', '.join(ARTICLE_INPUT_FIELDS)})",
+                                      **where)
+    try:
+        row = Article.validate(data)
+    except DataValidationError as exc:
+        raise exc.at(**where) from None
+    return tuple(row[name] if name in row else _DEFAULTS[name] for name in ARTICLE_INPUT_FIELDS)
+
+
+def _jsonl_rows(path: str, progress: Progress | None) -> Iterator[tuple]:
+    """The validated articles of JSON Lines file ``path``, one object per line; blank lines skipped."""
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise check.unreadable(path, exc) from exc
+    with stream:
+        for line, raw in enumerate(stream, 1):
+            if progress is not None:
+                progress(len(raw))
+            where = {"source": path, "line": line}
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise DataValidationError("row", raw[exc.start:exc.end], "UTF-8 text", **where) from None
+            if not text:
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataValidationError("row", text, f"valid JSON ({exc.msg} at column {exc.colno})",
+                                          **where) from None
+            yield _article_row(data, "a JSON object", where)
+
+
+def _article_rows(rows_or_jsonl_path, progress: Progress | None) -> Iterator[tuple]:
+    if isinstance(rows_or_jsonl_path, (str, os.PathLike)):
+        return _jsonl_rows(os.fspath(rows_or_jsonl_path), progress)
+    if isinstance(rows_or_jsonl_path, (bytes, Mapping)) or not isinstance(rows_or_jsonl_path, Iterable):
+        raise DataValidationError("rows_or_jsonl_path", rows_or_jsonl_path,
+                                  "an iterable of rows (mappings) or the path of a JSON Lines file")
+    return (_article_row(data, "a mapping of article fields", {"row": number})
+            for number, data in enumerate(rows_or_jsonl_path, 1))
 
 
 class ArticleRepository(BaseRepository[Article]):
@@ -109,6 +176,41 @@ class ArticleRepository(BaseRepository[Article]):
                 if existing is not None:
                     return existing, False
         raise NotFoundError(f"article url={url!r} kept vanishing while being created")
+
+
+    def copy_from(self, rows_or_jsonl_path, *, batch_size: int = 1000,
+                  progress: Progress | None = None) -> tuple[int, int]:
+        """Bulk-load articles, skipping those whose ``url`` is stored: ``(created, skipped)``.
+
+        ``rows_or_jsonl_path`` is an iterable of mappings or the path of a
+        UTF-8 JSON Lines file (one object per line, blank lines skipped). Each
+        row may set :data:`ARTICLE_INPUT_FIELDS` -- ``title`` (required),
+        ``content``, ``source``, ``url``, ``published_at`` (naive = UTC; ISO
+        text in a file), ``symbols``, ``metadata``; ``id`` and ``ingested_at``
+        are the database's. Rows are validated as :meth:`create` validates
+        them and sent ``batch_size`` at a time, one ``INSERT ... ON CONFLICT
+        (url) DO NOTHING RETURNING id`` per batch: an article whose ``url`` is
+        already stored, or came earlier in the input, is skipped and counted;
+        articles without a ``url`` are always created. ``progress``, if given,
+        is called with the bytes read of a file. All or nothing, in one
+        transaction (the caller's, when inside a session): a bad row raises
+        ``DataValidationError`` naming its ``field`` and ``value``, and the
+        ``row`` (1-based), or ``source`` and ``line``; a file that cannot be
+        read is a ``DataValidationError`` with ``field='path'``.
+        """
+        batch_size = check.limit(batch_size, "batch_size")
+        rows = _article_rows(rows_or_jsonl_path, progress)
+        created = skipped = 0
+        # Rows are read inside the session: an input that reads the database needs the connection.
+        with self.session("copy_from"):
+            while batch := list(itertools.islice(rows, batch_size)):
+                # Built inside the session, as in create_if_new: Peewee 3 asks the model's database
+                # about RETURNING when an insert is made.
+                insert = (Article.insert_many(batch, fields=_INPUT)
+                          .on_conflict(action="IGNORE", conflict_target=[Article.url]).returning(Article.id))
+                new = len(list(insert.tuples().execute()))
+                created, skipped = created + new, skipped + len(batch) - new
+        return created, skipped
 
 
 class SentimentBucket(NamedTuple):

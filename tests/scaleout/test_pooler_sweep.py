@@ -102,6 +102,8 @@ SWEEP = {
     "ArticleRepository.bulk_create": (lambda w: w.article.bulk_create([{"title": "a"}, {"title": "b"}]), lambda r, w: r == 2),
     "ArticleRepository.create_if_new": (lambda w: w.article.create_if_new(w.art.url, title="again"),
                                         lambda r, w: r == (w.art, False) or (r[0].id == w.art.id and r[1] is False)),
+    "ArticleRepository.copy_from": (lambda w: w.article.copy_from([{"title": "a", "url": w.art.url}, {"title": "b"}]),
+                                    lambda r, w: r == (1, 1)),
     "ArticleRepository.for_symbol": (lambda w: w.article.for_symbol(w.symbol), lambda r, w: [a.id for a in r] == [w.art.id]),
     "ArticleRepository.recent": (lambda w: w.article.recent(), lambda r, w: len(r) >= 1),
     "ArticleRepository.search": (lambda w: w.article.search(f"quarterly {w.tag}"), lambda r, w: [a.id for a in r] == [w.art.id]),

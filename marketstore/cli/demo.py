@@ -1,6 +1,6 @@
 """``marketstore demo``: the synthetic market week loaded through the repositories.
 
-:func:`load` writes :func:`marketstore.synthetic.generate`'s data in one
+:func:`load` writes :func:`.synthetic.generate`'s data in one
 transaction, :func:`report` reads it back with the repositories' queries.
 
 Demo rows are recognisable, so ``--reset`` removes only them: articles under
@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .connection import get_db_session
-from .errors import IntegrityViolation, MarketstoreError
-from .models import Article, BacktestResult, Event, Order, OrderEvent, Price, TradingSignal
-from .output import table
-from .repositories import (
+from ..connection import get_db_session
+from ..errors import DemoError, IntegrityViolation
+from ..models import Article, BacktestResult, Event, Order, OrderEvent, Price, TradingSignal
+from ..repositories import (
     OPEN_STATUSES,
     ArticleRepository,
     BacktestResultRepository,
@@ -28,17 +27,13 @@ from .repositories import (
     SentimentScoreRepository,
     TradingSignalRepository,
 )
+from .output import table
 from .synthetic import INTERVAL, ORDER_PREFIX, SEED, SYMBOLS, URL_PREFIX, UTC, Market, generate, trading_minutes
 
 __all__ = ["DemoError", "LoadResult", "SEED", "URL_PREFIX", "delete_demo_rows", "generate", "load", "loaded_seed",
            "report"]
 
 LOCK_KEY = 0x64656D6F  # "demo": two demos at once load one after the other
-
-
-class DemoError(MarketstoreError, ValueError):
-    """The demo cannot run as asked (e.g. another seed's data is loaded)."""
-
 
 
 # -- loading ------------------------------------------------------------------
@@ -98,12 +93,11 @@ def _store(market: Market, step: Callable[[str], None]) -> None:
     _timed(step, "prices (COPY)", started, counts["prices"])
 
     started = time.perf_counter()
-    articles = ArticleRepository()
-    ids = []
-    for row in market.articles:
-        data = dict(row)
-        article, _ = articles.create_if_new(url=data.pop("url"), **data)
-        ids.append(article.id)
+    ArticleRepository().copy_from(market.articles)
+    # Scores and events point at articles by position; an article already stored keeps its id.
+    urls = [row["url"] for row in market.articles]
+    stored = dict(Article.select(Article.url, Article.id).where(Article.url.in_(urls)).tuples())
+    ids = [stored[url] for url in urls]
     counts["articles"] = len(ids)
     counts["sentiment_scores"] = SentimentScoreRepository().bulk_create(
         [{**row, "article": ids[row["article"]]} for row in market.scores])

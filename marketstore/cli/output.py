@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import DataValidationError
+from ..errors import DataValidationError
 
 FORMATS = ("table", "csv", "json")
 

@@ -9,23 +9,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Sequence
 
-from .errors import DataValidationError, MarketstoreError
+from ..errors import DataValidationError
+from ..extras import require
 
-HINT = "plotting needs matplotlib: pip install 'marketstore[plot]'"
 MAX_CANDLES = 200  # more bars than this: a close line reads better than candles
 UP, DOWN, LINE = "#26a269", "#c01c28", "#1c71d8"
 
 
-class PlotUnavailable(MarketstoreError, RuntimeError):
-    """matplotlib (the ``plot`` extra) is not installed."""
-
-
 def _figure(height_ratios: Sequence[int]):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise PlotUnavailable(HINT) from exc
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(11, 6.5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(height_ratios), 1, sharex=True, gridspec_kw={"height_ratios": height_ratios})
@@ -33,11 +28,8 @@ def _figure(height_ratios: Sequence[int]):
 
 
 def require_matplotlib() -> None:
-    """Raise :class:`PlotUnavailable` (with the install hint) unless matplotlib imports."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise PlotUnavailable(HINT) from exc
+    """Raise :class:`~marketstore.errors.MissingExtraError` naming the ``plot`` extra unless matplotlib imports."""
+    require("matplotlib", "plot")
 
 
 def _time_axis(axes, times: Sequence[dt.datetime]) -> None:
