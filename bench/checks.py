@@ -22,7 +22,7 @@ def bars_of(result) -> list[tuple]:
     for row in result:
         if isinstance(row, dict):
             out.append(tuple(row[f] for f in BAR_FIELDS))
-        elif isinstance(row, tuple) and len(row) == 9:  # id, symbol, timestamp, ..., interval
+        elif isinstance(row, tuple) and len(row) in (9, 10):  # id, symbol, timestamp, ..., interval[, adj_close]
             out.append(tuple(row[2:8]))
         elif isinstance(row, tuple):
             out.append(tuple(row))

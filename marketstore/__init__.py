@@ -47,6 +47,8 @@ from .repositories import (
     EventRepository,
     OrderRepository,
     PriceBar,
+    PriceSeries,
+    UpsertCount,
     PriceRepository,
     SentimentBucket,
     SentimentScoreRepository,
@@ -67,7 +69,8 @@ __all__ = [
     "OrderEvent", "BacktestResult",
     # repositories and the types they return
     "BaseRepository", "PriceRepository", "ArticleRepository", "SentimentScoreRepository", "EventRepository",
-    "TradingSignalRepository", "OrderRepository", "BacktestResultRepository", "PriceBar", "SentimentBucket",
+    "TradingSignalRepository", "OrderRepository", "BacktestResultRepository", "PriceBar", "PriceSeries",
+    "UpsertCount", "SentimentBucket",
     # migrations
     "DatabaseMigration", "run_migrations",
 ]

@@ -1,9 +1,10 @@
-"""The ORM layer: seven models plus the order audit trail, and their validation.
+"""The ORM layer: seven models plus the order audit trail, their value rules and validation.
 
-Every constraint is enforced twice. :meth:`BaseModel.validate` refuses bad input
-in Python with a :class:`DataValidationError` naming field and value, before any
-query; the CHECK/UNIQUE/FOREIGN KEY constraints declared here (and created by
-the migrations) are the second line of defence for writers that bypass us.
+Each model declares its value rules once, in ``Meta.rules`` (see
+:mod:`marketstore.rules`): :meth:`BaseModel.validate` refuses bad input in
+Python with a :class:`DataValidationError` naming field and value, before any
+query, and the table's CHECK constraints -- derived from the same declarations
+and created by the migrations -- hold every writer, COPY and raw SQL included.
 """
 from __future__ import annotations
 
@@ -13,38 +14,15 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from peewee import (
-    SQL,
-    BigAutoField,
-    CharField,
-    DecimalField,
-    DoubleField,
-    ForeignKeyField,
-    Metadata,
-    Model,
-    SmallIntegerField,
-    TextField,
-)
+from peewee import (SQL, BigAutoField, CharField, DecimalField, DoubleField, ForeignKeyField, Metadata, Model,
+                    SmallIntegerField, TextField)
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField, TSVectorField
 
 from .database import database_proxy  # re-exported: the models' database
 from .errors import DataValidationError
-from .rules import (
-    SYMBOL_LENGTH,
-    SYMBOL_PATTERN,
-    AtMost,
-    Between,
-    Bound,
-    Choice,
-    IntervalText,
-    Length,
-    Matches,
-    NotNaN,
-    Ordered,
-    RequiredUnless,
-    Rules,
-    Span,
-)
+from .rules import (SYMBOL_LENGTH, SYMBOL_PATTERN, AtMost, Bound, Choice, IntervalText, Length, Matches, NotNaN,
+                    Ordered, RequiredUnless, Rules, Span, between)
+from .intervals import interval as canonical_interval
 from .validation import MAX_TEXT_CHARS, UTC, field_value
 
 SIGNAL_TYPES = ("buy", "sell", "hold")
@@ -216,6 +194,7 @@ class Price(BaseModel):
     close = _money()
     volume = DecimalField(max_digits=28, decimal_places=8, auto_round=False)
     interval = CharField(max_length=8, default="1m", constraints=_default("'1m'"))
+    adj_close = _money(null=True)  # a vendor's adjusted close (splits, dividends), when it gives one
 
     class Meta:
         table_name = "prices"
@@ -231,20 +210,37 @@ class Price(BaseModel):
             "interval_check": (IntervalText("interval"),),
             # The years a Python datetime holds (no 'infinity'), so every stored bar can be read.
             "timestamp_check": (Span("timestamp"),),
+            "adj_close_check": (Bound("adj_close", ">", 0), NotNaN("adj_close")),
         }
+
+    @classmethod
+    def derive(cls, row, partial=False):
+        if isinstance(row.get("interval"), str):  # one grammar: '1D', '1 day' and '1d' are one interval
+            row["interval"] = canonical_interval(row["interval"])
 
 
 PRICE_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
-"""The columns of a price row as given: ``copy_from`` sequences, CSV headers, frames (``interval`` optional)."""
+"""The columns of a price row as given by position (``interval`` optional)."""
+PRICE_INPUT_COLUMNS = PRICE_COLUMNS + ("adj_close",)
+"""Every column a price row may have by name: rows, CSV headers, frames."""
 
 
-def validate_price_row(data, interval: str = Price.interval.default) -> dict:
+def price_column(name) -> str | None:
+    """The price column a vendor's column name means, in any case (``Adj Close`` -> ``adj_close``), or ``None``."""
+    if not isinstance(name, str):
+        return None
+    canonical = "_".join(name.strip().lower().replace("_", " ").split())
+    return canonical if canonical in PRICE_INPUT_COLUMNS else None
+
+
+def validate_price_row(data, interval: str | None = Price.interval.default) -> dict:
     """One input row of prices (a mapping, or a sequence in :data:`PRICE_COLUMNS` order), validated.
 
-    A row without an interval gets ``interval``. Every bulk path (rows, CSV,
-    frames) asks this for the verdict on a row it doubts or the server
-    refused, so a row gets one verdict whichever path carries it.
-    ``DataValidationError`` names the bare field (``row`` for a row of the wrong shape).
+    A row without an interval gets ``interval`` (``None``: left out, to be
+    inferred from the bars' spacing). Every bulk path (rows, CSV, frames)
+    asks this for the verdict on a row it doubts or the server refused, so a
+    row gets one verdict whichever path carries it. ``DataValidationError``
+    names the bare field (``row`` for a row of the wrong shape).
     """
     if isinstance(data, Mapping):
         row = dict(data)
@@ -254,9 +250,17 @@ def validate_price_row(data, interval: str = Price.interval.default) -> dict:
         raise DataValidationError("row", data, f"a mapping or a sequence of {', '.join(PRICE_COLUMNS)} "
                                                "(interval optional)")
     for name in row:
-        if name not in PRICE_COLUMNS:
-            raise DataValidationError(name, row[name], f"one of the columns {', '.join(PRICE_COLUMNS)}")
-    row.setdefault("interval", interval)
+        if name not in PRICE_INPUT_COLUMNS:
+            raise DataValidationError(name, row[name], f"one of the columns {', '.join(PRICE_INPUT_COLUMNS)}")
+    if isinstance(row.get("interval"), str):
+        row["interval"] = canonical_interval(row["interval"])
+    adjusted = row.get("adj_close")
+    if adjusted is not None and not isinstance(adjusted, str) and adjusted != adjusted:
+        row["adj_close"] = None  # NaN: the vendor has no adjusted close for that bar
+    if row.get("interval") is None and interval is not None:
+        row["interval"] = interval
+    if row.get("interval") is None:
+        row.pop("interval", None)
     return Price.validate(row)
 
 
@@ -308,8 +312,8 @@ class SentimentScore(BaseModel):
     class Meta:
         table_name = "sentiment_scores"
         rules = {
-            "score_check": (Between("score", -1, 1),),
-            "confidence_check": (Between("confidence", 0, 1),),
+            "score_check": between("score", -1, 1),
+            "confidence_check": between("confidence", 0, 1),
         }
 
 
@@ -326,7 +330,7 @@ class Event(BaseModel):
 
     class Meta:
         table_name = "events"
-        rules = {"severity_check": (Between("severity", 1, 5),)}
+        rules = {"severity_check": between("severity", 1, 5)}
 
 
 class TradingSignal(BaseModel):
@@ -346,7 +350,7 @@ class TradingSignal(BaseModel):
         indexes = ((("symbol", "timestamp"), False),)
         rules = {
             "signal_type_check": (Choice("signal_type", SIGNAL_TYPES),),
-            "cms_score_check": (Between("cms_score", -1, 1),),
+            "cms_score_check": between("cms_score", -1, 1),
             "symbol_check": (_symbol_rule(),),
         }
 

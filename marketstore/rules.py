@@ -33,7 +33,7 @@ SYMBOL_LENGTH = 32
 """Characters of a ticker (the ``varchar`` of every symbol column)."""
 TAG_LENGTH = 256
 """Characters of one item of a ``text[]`` column (an article's symbols, keywords)."""
-INTERVAL_UNITS = ("s", "m", "h", "d", "w", "mo")
+INTERVAL_UNITS = ("s", "m", "h", "d", "w", "mo", "y")
 """Stored bar intervals: a count of at most :data:`INTERVAL_DIGITS` digits and one of these units."""
 INTERVAL_DIGITS = 4
 
@@ -104,37 +104,9 @@ class Bound(Rule):
             return ~_OPS[self.op](columns[self.field], self.limit)  # NaN breaks every bound
 
 
-@dataclass(frozen=True)
-class Between(Rule):
-    """``low <= field <= high``, inclusive."""
-
-    field: str
-    low: Any
-    high: Any
-
-    @property
-    def fields(self):
-        return (self.field,)
-
-    def sql(self) -> str:
-        return f"{_q(self.field)} BETWEEN {_literal(self.low)} AND {_literal(self.high)}"
-
-    def violation(self, row, partial=False):
-        value = row.get(self.field)
-        if value is None:
-            return None
-        if not value >= self.low:
-            return self.field, value, f"a number >= {self.low}"
-        if not value <= self.high:
-            return self.field, value, f"a number <= {self.high}"
-        return None
-
-    def mask(self, columns, np):
-        if self.field not in columns:
-            return None
-        values = columns[self.field]
-        with np.errstate(invalid="ignore"):
-            return ~((values >= self.low) & (values <= self.high))
+def between(field: str, low, high) -> tuple[Bound, Bound]:
+    """``low <= field <= high``: two bounds (PostgreSQL reads ``BETWEEN`` as just that)."""
+    return Bound(field, ">=", low), Bound(field, "<=", high)
 
 
 @dataclass(frozen=True)
@@ -422,12 +394,18 @@ class Rules:
                 return DataValidationError(*found)
         return None
 
-    def mask(self, columns: Mapping, np):
+    def mask(self, columns: Mapping, np, nulls: Mapping | None = None):
         """Rows of ``columns`` (NumPy arrays by field; numbers as float64 rounded to the
-        column's decimals, timestamps as int64 microseconds) that break a rule."""
+        column's decimals, timestamps as int64 microseconds) that break a rule.
+
+        ``nulls`` marks the NULLs of nullable columns: a CHECK lets those through.
+        """
         bad = None
         for rule in self:
             found = rule.mask(columns, np)
+            for name in rule.fields if found is not None and nulls else ():
+                if name in nulls:
+                    found = found & ~nulls[name]
             if found is not None:
                 bad = found if bad is None else bad | found
         return bad

@@ -19,7 +19,9 @@ from peewee import CharField, DecimalField, DoubleField, Field, ForeignKeyField,
 from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField
 
 from .errors import DataValidationError
-from .rules import SYMBOL_LENGTH, SYMBOL_PATTERN, TAG_LENGTH, UTC, IntervalText
+from . import intervals
+from .intervals import zone
+from .rules import SYMBOL_LENGTH, SYMBOL_PATTERN, TAG_LENGTH, UTC
 
 MAX_PAGE = 10_000  # rows of one list call
 MAX_ID = 2**63 - 1  # bigint: no row id is larger
@@ -29,7 +31,6 @@ MAX_TEXT_CHARS = 1_000_000  # article content; titles and names are far smaller
 MAX_JSON_BYTES = 1_000_000  # one JSONB document (explanations, metrics, curves)
 MAX_JSON_DEPTH = 100  # nesting levels of one JSONB document
 
-_INTERVAL = IntervalText("interval")
 _SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 NUMBER_TEXT = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
 """A number as text that PostgreSQL's ``numeric`` input and ``Decimal`` read alike.
@@ -93,10 +94,23 @@ def optional_timestamp(name: str, value) -> dt.datetime | None:
     return None if value is None else timestamp(name, value)
 
 
-def span(start, end) -> tuple[dt.datetime, dt.datetime]:
-    """``(start, end)`` as aware UTC datetimes, ``end`` not before ``start``."""
-    start, end = timestamp("start", start), timestamp("end", end)
-    if end < start:
+def moment(name: str, value, tz: str | None = None) -> dt.datetime | None:
+    """A range bound: ``None`` (open), a ``date`` (midnight in ``tz``, else UTC) or :func:`timestamp`."""
+    if value is None:
+        return None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=zone(tz)).astimezone(UTC)
+    return timestamp(name, value)
+
+
+def span(start, end, tz: str | None = None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``(start, end)`` as aware UTC datetimes (``None``: unbounded), ``end`` not before ``start``.
+
+    Each takes a datetime (naive = UTC), ISO text, a ``date`` (its midnight in
+    ``tz``, else UTC) or ``None``.
+    """
+    start, end = moment("start", start, tz), moment("end", end, tz)
+    if start is not None and end is not None and end < start:
         raise DataValidationError("end", end, f"a time at or after start ({start.isoformat()})")
     return start, end
 
@@ -146,42 +160,21 @@ def choice(name: str, value, choices) -> str:
 
 
 def interval(value, name: str = "interval") -> str:
-    """A bar interval such as ``1m``, ``5m``, ``1h``, ``1d``, ``1w``, ``1mo``."""
-    if not isinstance(value, str) or not _INTERVAL.accepts(value):
-        raise DataValidationError(name, value, _INTERVAL.expected)
-    return value
-
-
-_BUCKET_UNITS = {
-    unit: seconds
-    for names, seconds in (
-        (("s", "sec", "secs", "second", "seconds"), 1),
-        (("m", "min", "mins", "minute", "minutes"), 60),
-        (("h", "hr", "hrs", "hour", "hours"), 3600),
-        (("d", "day", "days"), 86400),
-        (("w", "week", "weeks"), 604800),
-    )
-    for unit in names
-}
-_BUCKET_PATTERN = re.compile(r"\s*(\d{1,6})?\s*([a-z]+)\s*", re.IGNORECASE)
+    """A bar interval in its stored spelling (see :mod:`marketstore.intervals`: ``'1D'`` -> ``'1d'``)."""
+    return intervals.interval(value, name)
 
 
 def bucket(value) -> dt.timedelta:
-    """A bucket width: a positive ``timedelta`` or text like ``'1 hour'``, ``'15m'``, ``'1d'``.
+    """A fixed bucket width as a ``timedelta`` (``'1 hour'``, ``'15m'``, ``'1d'``, ``'1w'``): UTC buckets.
 
-    Months and years are refused: they have no fixed width (``date_bin`` cannot bin by them).
+    Months and years are calendar spans, not widths: the price reads take
+    them (:func:`marketstore.intervals.parse`); here they are refused.
     """
-    expected = "a positive timedelta or text such as '1 hour', '15 minutes', '15m', '1d', '1 week'"
-    if isinstance(value, dt.timedelta):
-        if value <= dt.timedelta(0):
-            raise DataValidationError("bucket", value, expected)
-        return value
-    match = _BUCKET_PATTERN.fullmatch(value) if isinstance(value, str) else None
-    unit = _BUCKET_UNITS.get(match.group(2).lower()) if match else None
-    count = int(match.group(1) or 1) if match else 0
-    if unit is None or count < 1:
-        raise DataValidationError("bucket", value, expected)
-    return dt.timedelta(seconds=count * unit)
+    frame = intervals.parse(value, "bucket")
+    if frame.unit in ("mo", "y"):
+        raise DataValidationError("bucket", value, "a fixed width (s, m, h, d, w): months and years vary")
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[frame.unit]
+    return dt.timedelta(seconds=frame.count * seconds)
 
 
 def unreadable(path: str, exc: OSError) -> DataValidationError:

@@ -1,6 +1,8 @@
 """The ``marketstore`` command: help, error lines, and ``ingest`` against the test database."""
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import os
 import pty
@@ -163,9 +165,10 @@ def test_bad_query_input_is_one_line(database_url):
 
 # -- ingest prices -------------------------------------------------------------
 
-def _bars(n: int, symbol: str = "TEST", day: int = 2) -> list[str]:
-    return [f"{symbol},2024-01-{day:02d}T14:{30 + i // 60:02d}:{i % 60:02d}Z,10.0{i % 10},10.5,9.5,10.25,{100 + i}"
-            for i in range(n)]
+def _bars(n: int, symbol: str = "TEST", day: int = 2, minutes: int = 1) -> list[str]:
+    """``n`` bars ``minutes`` apart from 14:30 UTC."""
+    stamps = [dt.datetime(2024, 1, day, 14, 30) + dt.timedelta(minutes=i * minutes) for i in range(n)]
+    return [f"{symbol},{t:%Y-%m-%dT%H:%M:%S}Z,10.0{i % 10},10.5,9.5,10.25,{100 + i}" for i, t in enumerate(stamps)]
 
 
 def test_ingest_prices_loads_a_good_csv(db, raw, tmp_path, database_url):
@@ -187,20 +190,22 @@ def test_ingest_prices_twice_is_refused_and_upsert_updates(db, raw, tmp_path, da
     line = fails("ingest", "prices", path, "--database", database_url)
     assert "--upsert" in line and "TEST, 1m, 2024-01-02 14:30:00+00" in line
     path.write_text("\n".join([HEADER] + [b.replace(",10.25,", ",10.4,") for b in _bars(4)]) + "\n")
-    assert "Inserted or updated 4 price bars" in succeeds("ingest", "prices", path, "--upsert",
-                                                          "--database", database_url).stdout
+    assert "Inserted 1 and updated 3 price bars" in succeeds("ingest", "prices", path, "--upsert",
+                                                             "--database", database_url).stdout
     assert count(raw, "prices") == 4
     assert count(raw, "prices", "close = 10.4") == 4
 
 
 def test_ingest_prices_interval_option_fills_a_file_without_the_column(db, raw, tmp_path, database_url):
     path = tmp_path / "hourly.csv"
-    path.write_bytes(("\r\n".join([HEADER] + _bars(3)[:2] + [""] + _bars(3)[2:]) + "\r\n").encode())
+    hourly = _bars(3, minutes=60)
+    path.write_bytes(("\r\n".join([HEADER] + hourly[:2] + [""] + hourly[2:]) + "\r\n").encode())
     assert "Loaded 3 price bars" in succeeds("ingest", "prices", path, "--interval", "1h",
                                              "--database", database_url).stdout
     assert count(raw, "prices", "interval = '1h'") == 3
     # The appended interval does not shift what an error names.
-    path.write_text("\n".join([HEADER] + _bars(2, day=5) + ["TEST,2024-01-05T15:00:00Z,10,11,9,12,5"]) + "\n")
+    path.write_text("\n".join([HEADER] + _bars(2, day=5, minutes=60) + ["TEST,2024-01-05T16:30:00Z,10,11,9,12,5"])
+                    + "\n")
     message = fails("ingest", "prices", path, "--interval", "1h", "--database", database_url)
     assert "line 4" in message and "field 'close'" in message and "<= high" in message
     assert count(raw, "prices") == 3
@@ -210,8 +215,8 @@ def test_ingest_prices_upsert_keeps_the_last_of_a_bar_repeated_in_the_file(db, r
     path = tmp_path / "corrections.csv"
     first, second = _bars(1)[0], _bars(1)[0].replace(",10.25,", ",10.4,")
     path.write_text("\n".join([HEADER, first, second]) + "\n")
-    assert "Inserted or updated 2 price bars" in succeeds("ingest", "prices", path, "--upsert",
-                                                          "--database", database_url).stdout
+    assert "Inserted 1 and updated 0 price bars" in succeeds("ingest", "prices", path, "--upsert",
+                                                             "--database", database_url).stdout
     with raw.cursor() as cur:
         cur.execute("SELECT close FROM prices")
         assert cur.fetchall() == [(Decimal("10.4"),)]
@@ -241,8 +246,10 @@ BAD_PRICE_FILES = [
     ("negative volume", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,11,9,10,-5", 2, "volume", ">= 0"),
     ("empty value", f"{HEADER}\nTEST,2024-01-03T14:30:00Z,10,,9,10,5", 2, "high", "the field is required"),
     ("bad symbol", f"{HEADER}\nTE ST,2024-01-03T14:30:00Z,10,11,9,10,5", 2, "symbol", "matching"),
-    ("bad interval", f"{HEADER},interval\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,1 minute", 2, "interval",
-     "matching"),
+    ("bad interval", f"{HEADER},interval\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,1 fortnight", 2, "interval",
+     "a count and a unit"),
+    ("ambiguous interval", f"{HEADER},interval\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,1M", 2, "interval",
+     "'mo' for months"),
     ("unknown column", f"{HEADER},vwap\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10", 1, "vwap",
      "expected a column of the header"),
     ("column twice", f"{HEADER},open\nTEST,2024-01-03T14:30:00Z,10,11,9,10,5,10", 1, "open", "each column once"),

@@ -53,7 +53,7 @@ def test_ingest_parquet_then_query_it_back_as_parquet(url, raw, tmp_path):
     # what query writes, ingest reads: the same bars again are refused as stored, and --upsert updates them
     assert "row 1" in fails("ingest", "prices", out)
     write(source, volume_delta=5)
-    assert "Inserted or updated 120" in succeeds("ingest", "prices", source, "--upsert").stdout
+    assert "Inserted 0 and updated 120" in succeeds("ingest", "prices", source, "--upsert").stdout
     assert count(raw, "prices", "volume = 1005") == 1 and count(raw, "prices") == 120
 
 

@@ -74,8 +74,8 @@ def test_round_trip_several_symbols_by_column_and_half_open_range(db):
     expected = pd.concat([one.iloc[:20], two.iloc[:20]]).set_index("symbol", append=True).swaplevel()
     assert_close(back, expected)
     # the frame read back is itself a valid input (its MultiIndex carries symbol and timestamp)
-    PriceRepository().copy_from(back, interval="1h")
-    assert_close(PriceRepository().frame(["AAA", "BBB"], T0, T0 + dt.timedelta(days=1), interval="1h"), expected)
+    PriceRepository().copy_from(back, interval="30s")
+    assert_close(PriceRepository().frame(["AAA", "BBB"], T0, T0 + dt.timedelta(days=1), interval="30s"), expected)
 
 
 def test_bucket_resamples_like_resample(db):
@@ -162,9 +162,9 @@ def test_a_bad_value_names_field_and_row_and_loads_nothing(db, raw, column, row,
 
 
 def test_a_bad_row_deep_in_a_large_frame_is_named(db, raw, monkeypatch):
-    from marketstore.repositories import _frames
+    from marketstore.repositories import _frame_chunks
 
-    monkeypatch.setattr(_frames, "CHUNK_ROWS", 64)  # several chunks: the row is counted across them
+    monkeypatch.setattr(_frame_chunks, "CHUNK_ROWS", 64)  # several chunks: the row is counted across them
     frame = _bad(bars(300).reset_index().assign(symbol="AAA"), "low", 250, 0.0)
     with pytest.raises(DataValidationError) as caught:
         PriceRepository().upsert_many(frame)
@@ -204,7 +204,8 @@ def test_upsert_many_frame_updates_and_the_last_duplicate_wins(db, raw):
     PriceRepository().copy_from(frame.iloc[:5])
     changed = frame.assign(volume=frame["volume"] + 1)
     last = changed.iloc[[2]].assign(volume=777)
-    assert PriceRepository().upsert_many(pd.concat([changed, last], ignore_index=True)) == 11
+    written = PriceRepository().upsert_many(pd.concat([changed, last], ignore_index=True))
+    assert (written, written.inserted, written.updated, written.unchanged) == (10, 5, 5, 0)
     rows = stored(raw)
     assert len(rows) == 10 and rows[2][6] == 777
     assert [r[6] for r in rows[3:]] == [Decimal(int(v)) for v in changed["volume"].iloc[3:]]

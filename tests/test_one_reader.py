@@ -35,8 +35,12 @@ def prices(db):
 
 # (name, file text, interval=, the rows stored) for files both readers load
 LOADED = [
-    ("empty interval cell takes the default", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,\nBBB,2024-01-02,1,2,1,2,3,1h\n",
+    ("empty interval cell takes interval= 1m", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,\nBBB,2024-01-02,1,2,1,2,3,1h\n",
      "1m", [("AAA", "1m"), ("BBB", "1h")]),
+    ("an interval cell in words is stored as its short spelling",
+     f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,1 hour\nBBB,2024-01-02,1,2,1,2,3,1D\n", None, [("AAA", "1h"), ("BBB", "1d")]),
+    ("daily bars without an interval are daily", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,2024-01-03,1,2,1,2,3\n"
+     "AAA,2024-01-08,1,2,1,2,3\n", None, [("AAA", "1d")] * 3),
     ("empty interval cell takes interval=", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3, \nBBB,2024-01-02,1,2,1,2,3,1h\n",
      "1d", [("AAA", "1d"), ("BBB", "1h")]),
     ("a missing interval column takes interval=", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n", "1d", [("AAA", "1d")]),
@@ -69,7 +73,9 @@ REFUSED = [
     ("non-ISO timestamp", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,01/03/2024,1,2,1,2,3\n", 3, "timestamp",
      "01/03/2024"),
     ("bad value", f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n\nAAA,2024-01-03,1,2,1,2,lots\n", 4, "volume", "lots"),
-    ("broken rule", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,\nAAA,2024-01-03,1,2,3,2,3,\n", 3, "high", "2"),
+    ("broken rule", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,1d\nAAA,2024-01-03,1,2,3,2,3,1d\n", 3, "high", "2"),
+    ("an empty interval cell without interval=", f"{HEADER8}\nAAA,2024-01-02,1,2,1,2,3,1d\nAAA,2024-01-03,1,2,1,2,3,\n",
+     3, "interval", ""),
     ("a column twice", f"{HEADER},close\nAAA,2024-01-02,1,2,1,2,3,2\n", 1, "close", "close"),
 ]
 
@@ -95,7 +101,7 @@ def test_a_duplicate_bar_is_refused_by_copy_from_and_the_last_wins_in_upsert(pri
     assert (info.value.source, info.value.line, info.value.row) == (str(path), 4, None)
     assert info.value.key == {"symbol": "AAA", "interval": "1m", "timestamp": "2024-01-02 00:00:00+00"}
     assert count_rows(raw, "prices") == 0
-    assert prices.upsert_many(path) == 2
+    assert prices.upsert_many(path) == 1  # one bar: the last of the two wins
     assert stored(raw) == [("AAA", "1m", T0, Decimal("1.5"))]
 
 
@@ -103,12 +109,13 @@ def test_upsert_of_a_file_with_stored_bars_updates_them_and_reports_progress_onc
     path = tmp_path / "bars.csv"
     lines = [f"AAA,{(T0 + dt.timedelta(minutes=m)).isoformat()},1,2,1,{1 + m / 10_000},3" for m in range(3_000)]
     path.write_text("\n".join([HEADER] + lines) + "\n", encoding="utf-8")
-    assert prices.upsert_many(path) == 3_000  # all new: COPY straight into prices
+    assert prices.upsert_many(path, interval="1m") == 3_000  # all new, interval given: COPY straight into prices
     lines[2_999] = lines[2_999].replace(",3", ",4", 1)
     lines.append(f"BBB,{T0.isoformat()},1,2,1,2,3")
     path.write_text("\n".join([HEADER] + lines) + "\n", encoding="utf-8")
     read = []
-    assert prices.upsert_many(path, progress=read.append) == 3_001  # stored bars: read again, merged
+    written = prices.upsert_many(path, progress=read.append, interval="1m")  # stored bars: read again, merged
+    assert (written, written.inserted, written.updated, written.unchanged) == (2, 1, 1, 2_999)
     assert sum(read) == path.stat().st_size  # each byte reported once, though the file was read twice
     assert count_rows(raw, "prices") == 3_001
     with raw.cursor() as cur:

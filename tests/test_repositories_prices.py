@@ -91,8 +91,11 @@ def test_get_range_matches_oracle(prices, raw):
         assert all(p.symbol == symbol and p.interval == interval for p in got)
     # the end is exclusive, the start inclusive
     first = min(r["timestamp"] for r in rows if r["symbol"] == "AAA" and r["interval"] == "1m")
-    assert prices.get_range("AAA", first, first) == []
-    assert [p.timestamp for p in prices.get_range("AAA", first, first + dt.timedelta(seconds=1))] == [first]
+    assert prices.get_range("AAA", first, first, "1m") == []
+    assert [p.timestamp for p in prices.get_range("AAA", first, first + dt.timedelta(seconds=1), "1m")] == [first]
+    with pytest.raises(DataValidationError) as caught:  # two intervals stored: which one is not guessed
+        prices.get_range("AAA", first, first + dt.timedelta(seconds=1))
+    assert caught.value.field == "interval" and "1m, 5m" in str(caught.value)
 
 
 def test_naive_datetimes_are_utc_and_reads_are_aware(prices):
@@ -198,7 +201,8 @@ def test_get_range_as_tuples_is_the_fast_path_in_documented_order(prices):
     prices.upsert_many(rows)
     models = prices.get_range("AAA", T0, T0 + 10_000 * MINUTE)
     tuples = prices.get_range("AAA", T0, T0 + 10_000 * MINUTE, as_tuples=True)
-    assert PRICE_ROW_COLUMNS == ("id", "symbol", "timestamp", "open", "high", "low", "close", "volume", "interval")
+    assert PRICE_ROW_COLUMNS == ("id", "symbol", "timestamp", "open", "high", "low", "close", "volume", "interval",
+                                 "adj_close")
     assert tuples == [tuple(m.__data__[c] for c in PRICE_ROW_COLUMNS) for m in models]
     assert all(type(t) is tuple and t[2].tzinfo is UTC for t in tuples)
     with pytest.raises(DataValidationError):
@@ -271,7 +275,7 @@ def test_resample_matches_oracle(prices, bars, window, bucket):
 def test_resample_ignores_other_symbols_and_intervals(prices):
     prices.upsert_many([bar("AAA", 0, 10_000), bar("AAA", 1, 20_000), bar("AAA", 0, 50_000, interval="1h"),
                         bar("BBB", 0, 90_000)])
-    (only,) = prices.resample("AAA", T0, T0 + dt.timedelta(hours=1))
+    (only,) = prices.resample("AAA", T0, T0 + dt.timedelta(hours=1), interval="1m")
     assert only.bucket == T0 and only.count == 2
     assert only.open == Decimal("100.50") and only.close == Decimal("201.50")
     assert only.low == Decimal("100") and only.high == Decimal("202")
@@ -303,7 +307,8 @@ def test_upsert_many_inserts_then_updates(prices, raw):
 
 def test_upsert_many_repeated_key_last_wins(prices, raw):
     rows = [bar("AAA", 0, volume=1), bar("AAA", 1), bar("AAA", 0, volume=3)]
-    assert prices.upsert_many(rows, batch_size=10) == 3
+    written = prices.upsert_many(rows, batch_size=10)
+    assert (written, written.inserted, written.updated) == (2, 2, 0)  # two bars: the repeated key counts once
     assert [r[-1] for r in stored(raw)] == [Decimal(3), Decimal(1000)]
 
 
@@ -430,7 +435,7 @@ def test_copy_from_interval_and_progress(prices, raw, tmp_path):
     assert prices.copy_from(rows, interval="1d") == 2  # a row's own interval wins
     assert [(s, i) for s, i, *_ in stored(raw)] == [("AAA", "1h"), ("BBB", "1h"), ("CCC", "1m"), ("DDD", "1d")]
     with pytest.raises(DataValidationError, match="interval"):
-        prices.copy_from(path, interval="1 hour")
+        prices.copy_from(path, interval="1M")  # minutes or months: refused as ambiguous
     with pytest.raises(DataValidationError, match="progress"):
         prices.copy_from(path, progress=5)
 
@@ -657,7 +662,7 @@ def test_copy_from_streams_rows_to_the_server_while_reading(prices, raw):
                 seen.append(wait_for_copy_progress(raw.dsn))
             yield bar("AAA", m)
 
-    assert prices.copy_from(rows()) == 6_000
+    assert prices.copy_from(rows(), interval="1m") == 6_000  # given: straight into prices, no staging
     assert seen and seen[0] is not None and 0 < seen[0] <= 5_000
     assert count_rows(raw, "prices") == 6_000
 
@@ -686,7 +691,8 @@ def test_copy_from_csv_path_is_streamed(prices, raw, tmp_path):
     thread.start()
     read = []
     try:
-        assert prices.copy_from(path, progress=read.append) == 6_000  # a FIFO cannot tell() its position
+        # a FIFO cannot tell() its position; the interval given: straight into prices, no staging
+        assert prices.copy_from(path, progress=read.append, interval="1m") == 6_000
     finally:
         thread.join(10)
     assert sum(read) > 6_000 * 40
@@ -721,7 +727,7 @@ LATER = T0 + dt.timedelta(hours=1)
     ("latest", ("A" * 33,), {}, "symbol"),
     ("latest_for_symbols", ("AAA",), {}, "symbols"),
     ("latest_for_symbols", (["AAA", 7],), {}, "symbols[1]"),
-    ("resample", ("AAA", T0, LATER), {"bucket": "1 month"}, "bucket"),
+    ("resample", ("AAA", T0, LATER), {"bucket": "1M"}, "bucket"),  # minutes or months: ambiguous
     ("resample", ("AAA", T0, LATER), {"bucket": dt.timedelta(0)}, "bucket"),
     ("resample", ("AAA", T0, LATER), {"bucket": "0 hours"}, "bucket"),
     ("upsert_many", ({"symbol": "AAA"},), {}, "rows_or_csv_path"),
@@ -739,7 +745,8 @@ def test_bad_parameters_are_refused(prices, method, args, kwargs, field):
 
 def _copy_values(line: str) -> tuple:
     """The values a COPY text line sends, parsed back (None for a refused row)."""
-    symbol, ts, o, h, lo, c, v, interval = line.rstrip("\n").split("\t")
+    symbol, ts, o, h, lo, c, v, interval, adj_close = line.rstrip("\n").split("\t")
+    assert adj_close == "\\N"
     stamp = dt.datetime.fromisoformat(ts)
     assert stamp.utcoffset() == dt.timedelta(0)
     return (symbol, stamp, *(Decimal(x) for x in (o, h, lo, c, v)), interval)

@@ -11,7 +11,7 @@ import pytest
 from marketstore import DataValidationError, Price, PriceRepository
 from marketstore.migrations import DatabaseMigration
 from marketstore.models import MODELS
-from marketstore.repositories import _frames
+from marketstore.repositories import _frame_chunks
 from marketstore.rules import Bound, Choice
 
 UTC = dt.timezone.utc
@@ -100,7 +100,7 @@ def test_a_new_rule_is_enforced_by_validation_rows_frames_and_csv_alike(toy_rule
 def test_a_server_refusal_at_a_chunk_s_last_row_names_that_row(toy_rule, raw, monkeypatch):
     # A rule frames do not check vectorised (a choice of symbols): the server refuses, the row is found again.
     toy_rule("toy_symbols", Choice("symbol", ("TOY",)))
-    monkeypatch.setattr(_frames, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(_frame_chunks, "CHUNK_ROWS", 64)
     rows = [bar(i) for i in range(200)]
     rows[63] = bar(63, symbol="OTHER")  # the last row of the first chunk
     with pytest.raises(DataValidationError) as caught:
@@ -111,7 +111,7 @@ def test_a_server_refusal_at_a_chunk_s_last_row_names_that_row(toy_rule, raw, mo
 
 @pytest.mark.parametrize("make", [pl.DataFrame, lambda rows: pl.DataFrame(rows).to_arrow()], ids=["polars", "arrow"])
 def test_a_frame_longer_than_one_chunk_loads_each_row_once(db, raw, monkeypatch, make):
-    monkeypatch.setattr(_frames, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(_frame_chunks, "CHUNK_ROWS", 64)
     assert PriceRepository().copy_from(make([bar(i) for i in range(200)])) == 200
     assert stored(raw) == 200
 

@@ -176,7 +176,7 @@ def report(symbol: str = "AAPL") -> str:
     section("Rows\n" + table(counts, ["table", "rows"], indent="  ", right=["rows"]))
 
     symbols = prices.symbols()
-    latest = prices.latest_for_symbols(symbols)
+    latest = prices.latest_for_symbols(symbols, interval=INTERVAL)
     if latest:
         when = max(bar.timestamp for bar in latest.values())
         cells = [f"{s:<6}{latest[s].close:>9.2f}" for s in symbols if s in latest]
@@ -186,11 +186,12 @@ def report(symbol: str = "AAPL") -> str:
         section(f"Latest price per symbol (close of the last 1m bar, {when:%Y-%m-%d %H:%M} UTC)\n"
                 + "\n".join(lines))
 
-    last = prices.latest(symbol)
+    last = prices.latest(symbol, interval=INTERVAL)
     if last is not None:
         day = dt.datetime.combine(last.timestamp.date(), dt.time(), UTC)
         bars = [{**bar._asdict(), "hour": f"{bar.bucket:%H:%M}"}
-                for bar in prices.resample(symbol, day, day + dt.timedelta(days=1), bucket="1 hour")]
+                for bar in prices.resample(symbol, day, day + dt.timedelta(days=1), bucket="1 hour",
+                                               interval=INTERVAL)]
         section(f"Hourly bars, {symbol} {day:%Y-%m-%d} (UTC)\n"
                 + table(bars, ["hour", "open", "high", "low", "close", "volume"], indent="  "))
         series = SentimentScoreRepository().timeseries(symbol, day - dt.timedelta(days=6),

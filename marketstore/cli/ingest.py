@@ -48,19 +48,24 @@ def group() -> None:
 @group.command("prices")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--upsert", is_flag=True, help="Update bars that already exist instead of refusing the file.")
-@click.option("--interval", default="1m", show_default=True,
-              help="Bar interval of rows when the file has no interval column.")
+@click.option("--interval", default=None,
+              help="Bar interval (1m, 1h, 1d...) of rows the file gives none; default: each symbol's, "
+                   "inferred from the spacing of its bars.")
+@click.option("--symbol", default=None, help="The symbol of every bar, for a file without a symbol column.")
 @command
-def ingest_prices(file: str, upsert: bool, interval: str) -> None:
+def ingest_prices(file: str, upsert: bool, interval: str | None, symbol: str | None) -> None:
     """Load price bars from a CSV or Parquet FILE (PostgreSQL COPY; --upsert: INSERT ... ON CONFLICT).
 
     A FILE ending in .parquet is read one record batch at a time (the
     'frames' extra: pip install 'marketstore[frames]'); its columns are
     named as in a CSV header and an error names its row (1-based).
 
-    The header is symbol,timestamp,open,high,low,close,volume[,interval], in
-    any order; timestamps are ISO-8601, UTC unless they carry an offset; an
-    empty interval cell takes --interval; empty lines are skipped. The whole
+    The header is symbol,timestamp,open,high,low,close,volume[,interval][,adj_close],
+    in any order and any case (Open, Adj Close); with --symbol, no symbol
+    column. Timestamps are ISO-8601, UTC unless they carry an offset; an
+    empty interval cell takes --interval; empty lines are skipped. Without
+    --interval and an interval column, each symbol's interval is inferred
+    from its bars' spacing (daily bars: 1d). The whole
     file loads in one transaction: a bad line loads nothing, with or without
     --upsert (one reader). A bar already stored, or twice in the file, is
     refused; with --upsert it is updated (twice in the file: the last one wins).
@@ -70,6 +75,7 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
       marketstore ingest prices bars.csv
       marketstore ingest prices bars.parquet
       marketstore ingest prices corrections.csv --upsert
+      marketstore ingest prices GOOG.parquet --symbol GOOG
     """
     # An empty CSV file is no rows to the repository; a user meant some.
     if _file_size(file) == 0 and os.path.isfile(file) and not file.lower().endswith(".parquet"):
@@ -79,14 +85,18 @@ def ingest_prices(file: str, upsert: bool, interval: str) -> None:
     started = time.perf_counter()
     try:
         with _progress(file, "prices") as tick:
-            count = load(file, interval=interval, progress=tick)
+            count = load(file, interval=interval, progress=tick, symbol=symbol)
     except DuplicateKeyError as exc:
         where = in_file(exc.source or file, line=exc.line, row=exc.row)
         raise click.ClickException(f"{where}: the bar ({', '.join(exc.key.values())}) is already "
                                    "stored or appears earlier in the file; use --upsert to update existing bars "
                                    "(nothing was loaded)") from exc
-    verb = "Inserted or updated" if upsert else "Loaded"
-    click.echo(f"{verb} {count:,} price bars from {file} in {time.perf_counter() - started:.1f} s.")
+    took = f"in {time.perf_counter() - started:.1f} s"
+    if upsert:
+        click.echo(f"Inserted {count.inserted:,} and updated {count.updated:,} price bars from {file} {took} "
+                   f"({count.unchanged:,} unchanged).")
+    else:
+        click.echo(f"Loaded {count:,} price bars from {file} {took}.")
 
 
 @group.command("articles")

@@ -15,17 +15,17 @@ SPEC fixes their position.
 """
 from ..models import PRICE_COLUMNS
 from ._csv import PRICE_HEADER
-from ._frames import need
 from ._sql import BUCKET_ORIGIN
 from .backtests import BacktestResultRepository
 from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
-from .prices import PRICE_ROW_COLUMNS, PriceBar, PriceRepository
+from ._load import UpsertCount
+from .prices import PRICE_ROW_COLUMNS, PriceBar, PriceRepository, PriceSeries
 from .trading import FILL_STATUSES, OPEN_STATUSES, ORDER_MOVES, OrderRepository, TradingSignalRepository
 
 __all__ = [
     "ArticleRepository", "BacktestResultRepository", "EventRepository", "OrderRepository", "PriceRepository",
     "SentimentScoreRepository", "TradingSignalRepository",
-    "PriceBar", "SentimentBucket",
+    "PriceBar", "PriceSeries", "UpsertCount", "SentimentBucket",
     "BUCKET_ORIGIN", "FILL_STATUSES", "OPEN_STATUSES", "ORDER_MOVES", "PRICE_COLUMNS", "PRICE_HEADER",
-    "PRICE_ROW_COLUMNS", "need",
+    "PRICE_ROW_COLUMNS",
 ]

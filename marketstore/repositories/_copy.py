@@ -16,9 +16,10 @@ from typing import Protocol
 import psycopg2
 
 from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError
-from ..models import PRICE_COLUMNS
+from ..models import PRICE_INPUT_COLUMNS
 
-COPY_COLUMNS = ", ".join(f'"{c}"' for c in PRICE_COLUMNS)
+COPY_COLUMNS = ", ".join(f'"{c}"' for c in PRICE_INPUT_COLUMNS)
+"""The columns every source writes, in this order (``interval`` and ``adj_close`` may be NULL: ``\\N``)."""
 
 
 class CopySource(Protocol):
@@ -26,6 +27,10 @@ class CopySource(Protocol):
 
     error: BaseException | None
     """What was raised while the source was read (re-raised as itself, not as psycopg2's generic error)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row it writes has its interval (else some are NULL, to be inferred when staged)."""
 
     @property
     def rereadable(self) -> bool:
@@ -42,6 +47,9 @@ class CopySource(Protocol):
 
     def where(self, line: int) -> dict:
         """The location (``row``, or ``source`` and ``line``) of COPY data line ``line``, for errors."""
+
+    def located(self, number: int | None) -> dict:
+        """The location of the ``number``-th row of the whole input (``None``: the input itself)."""
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
         """Validation's error for COPY line ``line`` if it refuses the row, else ``(None, the row or its text)``."""

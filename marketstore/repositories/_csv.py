@@ -16,13 +16,14 @@ from typing import Callable
 
 
 from ..errors import DataValidationError
-from ..models import PRICE_COLUMNS, Price, validate_price_row
+from ..intervals import interval as canonical_interval
+from ..models import PRICE_COLUMNS, PRICE_INPUT_COLUMNS, Price, price_column, validate_price_row
 from ..validation import unreadable
 from ._copy import copy
 
-PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval]"
+PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval][,adj_close]"
 """The header of a price CSV file, for messages (any column order)."""
-DEFAULT_INTERVAL = Price.interval.default
+_EMPTY_INTERVAL = "an interval in every line of the interval column (or interval= for the empty cells)"
 
 Progress = Callable[[int], None]
 
@@ -44,12 +45,13 @@ _CSV_SETTINGS = ("SELECT current_setting('timezone'), current_setting('datestyle
 _CSV_RESTORE = "SELECT set_config('timezone', %s, true), set_config('datestyle', %s, true)"
 
 
-def csv_header(handle, path: str) -> tuple[list[str], int] | None:
+def csv_header(handle, path: str, symbol: str | None = None) -> tuple[list[str], int] | None:
     """The column names of a price CSV file's header line and the line's size in bytes.
 
     Reads one line of the binary file ``handle`` (BOM, spaces and case
-    ignored); ``None`` for an empty file. ``DataValidationError`` at
+    ignored: ``Adj Close`` is ``adj_close``); ``None`` for an empty file. ``DataValidationError`` at
     ``path``, line 1, naming the column for an unknown, repeated or missing one.
+    With ``symbol`` (every line's symbol) the file must have no symbol column.
     """
     first = handle.readline(_MAX_LINE)
     if not first:
@@ -62,18 +64,21 @@ def csv_header(handle, path: str) -> tuple[list[str], int] | None:
     except UnicodeDecodeError as exc:
         raise DataValidationError("header", exc.object[exc.start:exc.end], "UTF-8 text", **at) from None
     try:
-        header = [name.strip().lower() for name in next(csv.reader([text]), [])]
+        header = [price_column(name) or name.strip().lower() for name in next(csv.reader([text]), [])]
     except csv.Error as exc:  # e.g. a file with \r line ends only: one "line"
         raise DataValidationError("header", text[:80], f"a CSV header line ({exc})", **at) from None
     for position, name in enumerate(header):
-        if name not in PRICE_COLUMNS:
+        if name not in PRICE_INPUT_COLUMNS:
             raise DataValidationError(name or "header", name, f"a column of the header {PRICE_HEADER} "
                                       f"(column {position + 1})", **at)
         if header.index(name) != position:
             raise DataValidationError(name, name, "each column once", **at)
+    if symbol is not None and "symbol" in header:
+        raise DataValidationError("symbol", symbol, "symbol= only for a file without a symbol column", **at)
     for name in PRICE_COLUMNS:
-        if name not in header and name != "interval":
-            raise DataValidationError(name, None, f"a column of the header {PRICE_HEADER}", **at)
+        if name not in header and name != "interval" and not (name == "symbol" and symbol is not None):
+            raise DataValidationError(name, None, f"a column of the header {PRICE_HEADER} "
+                                      f"{'(or symbol=) ' if name == 'symbol' else ''}", **at)
     return header, len(first)
 
 
@@ -102,7 +107,8 @@ class CsvBody:
     line break inside quotes or COPY's end-of-data marker ``\\.`` is refused.
     """
 
-    def __init__(self, handle, path: str, header: list[str], interval: str, progress: Progress | None = None):
+    def __init__(self, handle, path: str, header: list[str], interval: str | None, progress: Progress | None = None,
+                 symbol: str | None = None):
         self._handle, self.path, self._progress = handle, path, progress
         self._start = handle.tell() if handle.seekable() else None  # where the body begins
         self._read = 0  # bytes of the body read
@@ -111,10 +117,13 @@ class CsvBody:
         self._timestamp_at = header.index("timestamp")
         self._interval_at = header.index("interval") if "interval" in header else None
         self.interval = interval
-        # Without an interval column, each line gets the interval appended unless it is the
-        # column's default (after blank lines are dropped).
-        self.columns = header if "interval" in header or interval == DEFAULT_INTERVAL else header + ["interval"]
-        self._suffix = f",{interval}".encode() if len(self.columns) > len(header) else None
+        self.symbol = symbol
+        # Without an interval column, each line gets the interval given appended (after blank lines
+        # are dropped; with none given, the staging table infers it); with symbol=, the symbol.
+        extra = {"interval": None if "interval" in header else interval, "symbol": symbol}
+        extra = {name: value for name, value in extra.items() if value is not None}
+        self.columns = header + list(extra)
+        self._suffix = "".join(f",{value}" for value in extra.values()).encode() or None
         self._sent = 0  # data lines handed to COPY
         self._file_line = 1  # last file line read (the header is line 1)
         self._marks: list[int] = []  # COPY line numbers from which ...
@@ -184,9 +193,15 @@ class CsvBody:
                 if value and not _ISO_TIMESTAMP_RE.fullmatch(value):
                     raise DataValidationError("timestamp", value, ISO_EXPECTED, **where)
             cell = self._interval_at
-            if cell is not None and cell < len(record) and not record[cell].strip():
-                record[cell] = self.interval  # an empty cell takes the interval, as a missing column does
-                line = _csv_text(record).encode() + line[len(stripped):]
+            if cell is not None and cell < len(record):
+                given = record[cell].strip()
+                try:  # an empty cell takes the interval, as a missing column does; '1 hour' is stored as '1h'
+                    spelled = canonical_interval(given) if given else (self.interval or "")
+                except DataValidationError as exc:
+                    raise DataValidationError("interval", record[cell], exc.expected, **where) from None
+                if spelled != record[cell]:  # none given: NULL, which the server refuses (see row())
+                    record[cell] = spelled
+                    line = _csv_text(record).encode() + line[len(stripped):]
             self._sent += 1
             kept.append(line)
         return b"".join(kept)
@@ -210,7 +225,7 @@ class CsvBody:
             if size:
                 progress(size)
 
-        return CsvBody(self._handle, self.path, self.header, self.interval, progress and beyond)
+        return CsvBody(self._handle, self.path, self.header, self.interval, progress and beyond, self.symbol)
 
     def file_line(self, copy_line: int) -> int:
         """The file line of COPY's data line ``copy_line`` (1-based)."""
@@ -219,6 +234,14 @@ class CsvBody:
 
     def where(self, line: int) -> dict:
         return {"source": self.path, "line": self.file_line(line)}
+
+    def located(self, number: int | None) -> dict:
+        return {"source": self.path} if number is None else self.where(number)
+
+    @property
+    def complete(self) -> bool:
+        """An interval given, or a column of them (an empty cell is then refused): none left to infer."""
+        return self.interval is not None or "interval" in self.header
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
         """Validation's error for the file line of COPY line ``line``, its value the cell as written.
@@ -249,8 +272,13 @@ class CsvBody:
     def row(self, cells: dict[str, str]) -> dict:
         """The validated row of a record's ``cells`` read as COPY reads them: an empty cell is NULL."""
         data = {name: cell if cell.strip() else None for name, cell in cells.items()}
+        if self.symbol is not None:
+            data["symbol"] = self.symbol
         if data.get("interval", "") is None:
             del data["interval"]
+            if self.interval is None:  # the row's other verdicts first, as the server checks them
+                validate_price_row(data, Price.interval.default)
+                raise DataValidationError("interval", cells["interval"], _EMPTY_INTERVAL)
         return validate_price_row(data, self.interval)
 
     def copy_into(self, db, table: str) -> int:

@@ -15,161 +15,30 @@ bar, a rule at the rounding edge) is mapped back to the frame's row.
 """
 from __future__ import annotations
 
-import importlib
+import datetime as dt
 import itertools
-import os
-import sys
-from typing import Callable, Iterator
+from typing import Callable
 
-from .. import validation as check
-from ..errors import DataValidationError, MissingExtraError
-from ..models import PRICE_COLUMNS, Price, validate_price_row
+from ..errors import DataValidationError
+from ..intervals import contradiction, inferred
+from ..intervals import interval as canonical_interval
+from ..models import PRICE_COLUMNS, PRICE_INPUT_COLUMNS, Price, validate_price_row
 from ..rules import Matches
 from ..validation import NUMBER_TEXT, numeric_limit
 from ._copy import COPY_COLUMNS, copy
+from ._frame_chunks import Chunks, frame_chunks, need
 
-CHUNK_ROWS = 65_536  # rows per batch: a few MB of CSV, while the server parses the previous one
-EXTRA = "pip install 'marketstore[frames]'"
-_NUMBERS = ("open", "high", "low", "close", "volume")
+_NUMBERS = ("open", "high", "low", "close", "volume", "adj_close")
 # Numeric text as PostgreSQL's numeric input reads it, white space around allowed.
 _NUMERIC_TEXT = rf"^\s*{NUMBER_TEXT}\s*$"
-_FRAME_TYPES = (("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"), ("pyarrow", "RecordBatch"))
+_NO_GAP = 2**63 - 1
 
 
-def need(module: str):
-    """Import ``module`` of the ``frames`` extra, or raise :class:`MissingExtraError` naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(f"{module} is not installed: frames need the 'frames' extra ({EXTRA})") from exc
-
-
-def frame_library(value) -> str | None:
-    """``'pandas'``, ``'polars'`` or ``'pyarrow'`` when ``value`` is one of their frames, else ``None``.
-
-    Looks only at modules already imported: a caller holding a pandas frame has
-    imported pandas, and nobody else pays for importing it.
-    """
-    for module, name in _FRAME_TYPES:
-        found = sys.modules.get(module)
-        if found is not None and isinstance(value, getattr(found, name, ())):
-            return module
-    return None
-
-
-def frame_source(value, interval: str, symbol: str | None,
+def frame_source(value, interval: str | None, symbol: str | None,
                  progress: Callable[[int], None] | None) -> FrameStream | None:
-    """A :class:`FrameStream` of ``value`` when it is a frame or a ``.parquet`` path, else ``None``.
-
-    ``symbol`` (for a frame without a symbol column) is refused for anything else.
-    """
-    if symbol is not None:
-        symbol = check.symbol(symbol)
-    library = frame_library(value)
-    if library is not None:
-        return FrameStream(lambda again=False: batches(value, library, symbol), interval)
-    if isinstance(value, (str, os.PathLike)) and os.fsdecode(os.fspath(value)).lower().endswith(".parquet"):
-        path = os.fsdecode(os.fspath(value))
-        return FrameStream(lambda again=False: parquet_batches(path, symbol, None if again else progress), interval,
-                           source=path)
-    if symbol is not None:
-        raise DataValidationError("symbol", symbol, "symbol= only with a frame or a Parquet file "
-                                  "(rows and CSV files name their symbol)")
-    return None
-
-
-def _pandas_columns(frame, start: int, stop: int, pa) -> dict:
-    """Arrow arrays of rows ``[start, stop)`` of a pandas frame: its columns and its named index levels."""
-    part = frame.iloc[start:stop]
-    columns = {}
-    index = part.index
-    for level, name in enumerate(index.names):
-        if name is not None and name in PRICE_COLUMNS:
-            columns[name] = index.get_level_values(level)
-    for name in part.columns:
-        if name in columns:
-            raise DataValidationError(str(name), name, "each column once (as a column or an index level)")
-        columns[name] = part[name]
-    arrays = {}
-    for name, series in columns.items():
-        try:
-            # NaN stays NaN in float columns (named as such); elsewhere None and NaT become nulls.
-            arrays[name] = pa.array(series, from_pandas=series.dtype.kind != "f")
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
-            # A column of mixed objects: the first element that is not of the column's kind is named.
-            for row, value in enumerate(series.tolist()):
-                try:
-                    pa.array([value], from_pandas=True)
-                    pa.array([series.iloc[0], value], from_pandas=True)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
-                    raise DataValidationError(str(name), value, "values of one type in the column",
-                                              row=start + row + 1) from None
-            raise DataValidationError(str(name), f"<{series.dtype} column>", f"a column Arrow can read ({exc})",
-                                      row=start + 1) from None
-    return arrays
-
-
-def batches(frame, library: str, symbol: str | None) -> Iterator[tuple[int, dict]]:
-    """``(offset, {name: arrow array})`` of each chunk of ``frame`` (any of the three libraries)."""
-    pa = need("pyarrow")
-    size = len(frame) if library != "pyarrow" else frame.num_rows
-    for start in range(0, size, CHUNK_ROWS):
-        stop = min(size, start + CHUNK_ROWS)
-        if library == "pandas":
-            arrays = _pandas_columns(frame, start, stop, pa)
-        else:
-            part = frame.slice(start, stop - start)
-            table = part.to_arrow() if library == "polars" else part
-            arrays = dict(zip(table.column_names, table.columns))
-        yield start, _with_symbol(arrays, symbol, stop - start, pa)
-
-
-def parquet_batches(path: str, symbol: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, dict]]:
-    """``(offset, {name: arrow array})`` of a Parquet file, read one record batch at a time.
-
-    ``progress`` gets the file's bytes in proportion to the rows read.
-    """
-    pa, pq = need("pyarrow"), need("pyarrow.parquet")
-    try:  # opened now, before any transaction: a missing file starts none
-        handle = pq.ParquetFile(path)
-        total = handle.metadata.num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise DataValidationError("path", path, f"a readable Parquet file ({exc})", source=path) from None
-    return _parquet_read(handle, path, total, symbol, progress)
-
-
-def _parquet_read(handle, path: str, total: int, symbol: str | None, progress) -> Iterator[tuple[int, dict]]:
-    pa = need("pyarrow")
-    size = _file_size(path)
-    offset = reported = 0
-    with handle:
-        try:
-            for batch in handle.iter_batches(batch_size=CHUNK_ROWS):
-                arrays = dict(zip(batch.schema.names, batch.columns))
-                yield offset, _with_symbol(arrays, symbol, batch.num_rows, pa)
-                offset += batch.num_rows
-                if progress is not None and size and total:
-                    now = size * offset // total
-                    progress(now - reported)
-                    reported = now
-        except (OSError, pa.ArrowException) as exc:
-            raise DataValidationError("path", path, f"a readable Parquet file ({exc})", source=path) from None
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def _with_symbol(arrays: dict, symbol: str | None, rows: int, pa) -> dict:
-    if symbol is not None:
-        if "symbol" in arrays:
-            raise DataValidationError("symbol", symbol, "symbol= only for a frame without a symbol column")
-        arrays["symbol"] = pa.repeat(symbol, rows)
-    return arrays
+    """A :class:`FrameStream` of ``value`` when it is a frame or a ``.parquet`` path, else ``None``."""
+    found = frame_chunks(value, symbol, progress)
+    return None if found is None else FrameStream(found[0], interval, found[1])
 
 
 class FrameStream:
@@ -181,11 +50,14 @@ class FrameStream:
     """
 
     rereadable = True  # upsert_many may try the frame as new bars first, then read it again
+    complete = True  # an interval given, the frame's own, or inferred here before the first chunk
 
-    def __init__(self, chunks: Callable[..., Iterator[tuple[int, dict]]], interval: str, source: str | None = None,
-                 again: bool = False):
+    def __init__(self, chunks: Chunks, interval: str | None, source: str | None = None, again: bool = False,
+                 by_symbol: dict | None = None):
         self._factory, self._interval, self.source = chunks, interval, source
         self._chunks = chunks(again=True) if again else chunks()
+        self._by_symbol = by_symbol  # {symbol: interval} inferred from the bars' spacing (no interval given)
+        self._planned = by_symbol is not None
         self._pa, self._pc, self._csv, self._np = (need("pyarrow"), need("pyarrow.compute"), need("pyarrow.csv"),
                                                    need("numpy"))
         self._options = self._csv.WriteOptions(include_header=False, quoting_style="none")
@@ -196,6 +68,8 @@ class FrameStream:
     # -- reading --------------------------------------------------------------------
     def read(self, size: int = -1) -> bytes:
         try:
+            if not self._planned:
+                self._plan()
             for offset, arrays in self._chunks:
                 table = self._checked(offset, arrays)
                 if table.num_rows == 0:
@@ -212,7 +86,7 @@ class FrameStream:
 
     def rewound(self) -> FrameStream:
         """A stream reading the same frame (or file, without progress reports) again from its first row."""
-        return FrameStream(self._factory, self._interval, self.source, again=True)
+        return FrameStream(self._factory, self._interval, self.source, again=True, by_symbol=self._by_symbol)
 
     def copy_into(self, db, table: str) -> int:
         """COPY every chunk into ``table`` on the session's connection; returns the number of rows."""
@@ -227,31 +101,37 @@ class FrameStream:
         """The chunk as a table in COPY's column order, or ``DataValidationError`` at its first bad row."""
         pa, np = self._pa, self._np
         where = self._where(offset + 1)
-        for name in arrays:
-            if name not in PRICE_COLUMNS:
-                raise DataValidationError(str(name), name, f"one of the columns {', '.join(PRICE_COLUMNS)}",
-                                          **where)
         rows = len(next(iter(arrays.values()))) if arrays else 0
         for name in PRICE_COLUMNS[:-1]:
             if name not in arrays and rows:
-                raise DataValidationError(name, None, f"a column {name} (or, for the timestamp, an index "
-                                          "named timestamp; for the symbol, symbol=)", **where)
+                raise DataValidationError(name, None, f"a column {name} (or, for the timestamp, a datetime "
+                                          "index; for the symbol, symbol=)", **where)
         if not rows:
             return pa.table({})
         out, bad = {}, np.zeros(rows, dtype=bool)  # bad: rows a check refused (the first is reported)
-        for name in PRICE_COLUMNS:
+        for name in PRICE_INPUT_COLUMNS:
             column = arrays.get(name)
-            if column is None:  # interval: the call's, for every row
-                out[name] = pa.repeat(self._interval, rows)
+            if column is None:  # interval: the call's or the inferred one; adj_close: none
+                out[name] = None
                 continue
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()
-            if column.null_count:
+            if column.null_count and name != "adj_close":
                 bad |= column.is_null().to_numpy(zero_copy_only=False)
             out[name] = column
         rules = Price._meta.rules
         out["symbol"] = self._text(offset, out["symbol"], "symbol", rules.pattern("symbol"), bad)
-        out["interval"] = self._text(offset, out["interval"], "interval", rules.pattern("interval"), bad)
+        if out["interval"] is None:
+            out["interval"] = self._intervals(out["symbol"], rows)
+        else:
+            out["interval"] = self._text(offset, self._canonical(out["interval"]), "interval",
+                                         rules.pattern("interval"), bad)
+        if out["adj_close"] is None:
+            out["adj_close"] = pa.nulls(rows, pa.float64())
+        elif pa.types.is_floating(out["adj_close"].type):  # NaN: no adjusted close for that bar, as NULL
+            column = out["adj_close"]
+            out["adj_close"] = self._pc.if_else(self._pc.is_nan(column), pa.scalar(None, column.type), column)
+        nulls = {"adj_close": out["adj_close"].is_null().to_numpy(zero_copy_only=False)}
         values = {}
         out["timestamp"], values["timestamp"] = self._timestamps(offset, out["timestamp"], bad)
         doubt = np.zeros(rows, dtype=bool)
@@ -261,15 +141,95 @@ class FrameStream:
             field = Price._meta.fields[name]
             values[name] = np.round(floats, field.decimal_places)
             with np.errstate(invalid="ignore"):
-                doubt |= ~(np.abs(values[name]) < float(numeric_limit(field)))
-        found = rules.mask(values, np)
+                beyond = ~(np.abs(values[name]) < float(numeric_limit(field)))
+            doubt |= beyond & ~nulls[name] if name in nulls else beyond
+        found = rules.mask(values, np, nulls)
         if found is not None:
             doubt |= found
         # The first row refused, in the row's own words; a row only the rules doubted (rounding at the
         # 8th decimal) that the row rules accept goes on, and the table's CHECKs decide.
         for index in np.flatnonzero(bad | doubt):
             self._refuse(offset, arrays, int(index), lenient=not bad[index])
-        return pa.table([out[name] for name in PRICE_COLUMNS], names=list(PRICE_COLUMNS))
+        return pa.table([out[name] for name in PRICE_INPUT_COLUMNS], names=list(PRICE_INPUT_COLUMNS))
+
+    # -- intervals ------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Before the first chunk: the intervals of a frame that gives none, or the check of the one given.
+
+        Reads the symbol and timestamp of every row once (vectorised): the
+        smallest gap between a symbol's bars says its interval
+        (:func:`~marketstore.intervals.inferred`), or contradicts the one given.
+        """
+        self._planned = True
+        gaps = self._gaps()
+        if gaps is None:
+            return
+        if self._interval is None:
+            self._by_symbol = {symbol: inferred(gap) for symbol, gap in gaps.items()}
+            return
+        for symbol, gap in gaps.items():
+            why = contradiction(self._interval, gap)
+            if why is not None:
+                raise DataValidationError("interval", self._interval, f"{why}, for {symbol}",
+                                          **({"source": self.source} if self.source else {}))
+
+    def _gaps(self) -> dict[str, dt.timedelta] | None:
+        """``{symbol: smallest gap between two of its bars}``; ``None`` when the frame gives its intervals."""
+        pa, pc, np = self._pa, self._pc, self._np
+        symbols, stamps = [], []
+        for _, arrays in self._factory(again=True):
+            if "interval" in arrays:
+                return None  # the rows carry their own intervals
+            symbol, stamp = arrays.get("symbol"), arrays.get("timestamp")
+            if isinstance(symbol, pa.ChunkedArray):
+                symbol = symbol.combine_chunks()
+            if isinstance(stamp, pa.ChunkedArray):
+                stamp = stamp.combine_chunks()
+            if symbol is None or stamp is None or not self._is_text(self._string(symbol)) or not (
+                    pa.types.is_timestamp(stamp.type) or pa.types.is_date(stamp.type)):
+                return {}  # the chunk is refused when it is read
+            symbols.append(self._string(symbol).cast(pa.large_string()))
+            stamps.append(self._micros(stamp))
+        if not stamps:
+            return {}
+        encoded = pc.dictionary_encode(pa.chunked_array(symbols)).combine_chunks()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        micros = np.concatenate(stamps)
+        order = np.lexsort((micros, codes))
+        codes, micros = codes[order], micros[order]
+        gap = np.diff(micros)
+        counted = (codes[1:] == codes[:-1]) & (gap > 0)
+        smallest = np.full(len(encoded.dictionary), _NO_GAP, dtype=np.int64)
+        np.minimum.at(smallest, codes[1:][counted], gap[counted])
+        return {name: dt.timedelta(microseconds=int(us)) for name, us in
+                zip(encoded.dictionary.to_pylist(), smallest) if us != _NO_GAP}
+
+    def _intervals(self, symbols, rows: int):
+        """The interval column of a chunk: the one given, else each symbol's inferred one (a lone bar: 1m)."""
+        pa, pc = self._pa, self._pc
+        if self._interval is not None:
+            return pa.repeat(self._interval, rows)
+        known = self._by_symbol or {}
+        names = pa.array(list(known), symbols.type)
+        values = pa.array(list(known.values()) + [Price.interval.default])
+        return pc.take(values, pc.fill_null(pc.index_in(symbols, names), len(known)))
+
+    def _canonical(self, column):
+        """An interval column in the stored spelling ('1D' -> '1d'); a value the grammar refuses is kept."""
+        pa, pc = self._pa, self._pc
+        column = self._string(column)
+        if not self._is_text(column):
+            return column
+        spelled = {}
+        for value in pc.unique(column).to_pylist():
+            try:
+                spelled[value] = canonical_interval(value) if value is not None else None
+            except DataValidationError:
+                spelled[value] = value
+        if all(k == v for k, v in spelled.items()):
+            return column
+        keys = pa.array(list(spelled), column.type)
+        return pc.take(pa.array(list(spelled.values()), column.type), pc.index_in(column, keys))
 
     def _string(self, column):
         """``column`` as ``string``/``large_string`` when it holds text (dictionary, string view), else as is."""
@@ -297,15 +257,25 @@ class FrameStream:
             bad |= pc.is_in(column, pa.array(wrong, column.type)).fill_null(False).to_numpy(zero_copy_only=False)
         return column
 
-    def _timestamps(self, offset: int, column, bad):
+    def _utc_micros(self, column):
+        """A timestamp column as naive UTC ``timestamp[us]``; a date is midnight UTC."""
         pa = self._pa
-        if not pa.types.is_timestamp(column.type):
-            raise DataValidationError("timestamp", column[0].as_py(),
-                                      f"a column of datetimes (naive ones are UTC), not {column.type}",
-                                      **self._where(offset + 1))
+        if pa.types.is_date(column.type):
+            return column.cast(pa.timestamp("us"))
         # An aware column holds UTC instants already and a naive one is UTC: only the unit changes
         # (nanoseconds are cut to the microseconds PostgreSQL keeps).
-        stamps = column.cast(pa.timestamp(column.type.unit), safe=False).cast(pa.timestamp("us"), safe=False)
+        return column.cast(pa.timestamp(column.type.unit), safe=False).cast(pa.timestamp("us"), safe=False)
+
+    def _micros(self, column):
+        return self._utc_micros(column).cast(self._pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+
+    def _timestamps(self, offset: int, column, bad):
+        pa = self._pa
+        if not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+            raise DataValidationError("timestamp", column[0].as_py(),
+                                      f"a column of datetimes or dates (naive ones are UTC), not {column.type}",
+                                      **self._where(offset + 1))
+        stamps = self._utc_micros(column)
         micros = stamps.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         # As text with an explicit +00 offset: Arrow formats a naive column ~15x faster than an aware one,
         # and the offset makes the server's reading independent of the session's time zone.
@@ -324,8 +294,10 @@ class FrameStream:
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
             floats = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
             if pa.types.is_floating(kind):
-                bad |= ~np.isfinite(floats)
+                bad |= ~np.isfinite(floats) & ~column.is_null().to_numpy(zero_copy_only=False)
             return column, floats
+        if pa.types.is_null(kind):  # an all-NaN adjusted close: none for any bar
+            return column, np.full(len(column), np.nan)
         raise DataValidationError(name, column[0].as_py(), f"a column of numbers, not {kind}",
                                   **self._where(offset + 1))
 
@@ -349,6 +321,9 @@ class FrameStream:
     # -- the server's refusals (see ._copy.refusal) ----------------------------------
     def where(self, line: int) -> dict:
         return self._where(line)
+
+    def located(self, number: int | None) -> dict:
+        return ({"source": self.source} if self.source else {}) if number is None else self._where(number)
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
         """Validation's error for frame row ``line`` (COPY line = frame row).

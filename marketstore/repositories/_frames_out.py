@@ -13,9 +13,13 @@ from __future__ import annotations
 import io
 
 from ..errors import DataValidationError, QueryError
-from ._frames import need
+from ..intervals import Timeframe, step_sql, zone_name
+from ._frame_chunks import need
+from ._price_sql import WANTED, buckets, grid, in_range
 
 LIBRARIES = ("pandas", "polars", "arrow")
+FILLS = ("nan", "locf")
+_PRICES = ("open", "high", "low", "close")
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = len(_SIGNATURE) + 8  # flags and header-extension length (0)
 _EPOCH_2000_US = 946_684_800 * 1_000_000  # PostgreSQL's binary timestamps count from 2000-01-01 UTC
@@ -29,6 +33,45 @@ def check_library(value) -> str:
     need("numpy")
     need("pyarrow" if value == "arrow" else value)
     return value
+
+
+def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: list, fill: str | None,
+                widths: list[str]) -> tuple[str, list, list[tuple[str, str]]]:
+    """``(sql, params, columns)`` of the bars of ``wanted`` (``[symbols, intervals]``) for :func:`fetch_columns`.
+
+    ``widths`` are the symbols' bar widths as PostgreSQL intervals (for raw
+    bars). The inner query has ``position, symbol, bar_start, bar_end`` (the
+    bar's close: start + width, or the next bucket's start) and the values;
+    the outer one casts every number to ``float8`` (a NULL to NaN: an empty
+    bucket's prices, a bar without an adjusted close) so each row of the
+    binary answer has the same size.
+    """
+    def number(name: str) -> str:
+        return f"coalesce({name}::float8, 'NaN')"
+
+    columns = [("position", "int4"), ("timestamp", "timestamptz")] + [(n, "float8") for n in _PRICES + ("volume",)]
+    if frame is None:
+        where, params = in_range(start, end, 'p."timestamp"')
+        inner = (f'SELECT w.position, w.symbol, p."timestamp" AS bar_start, '
+                 f'p."timestamp" + (%s::text[])[w.position]::interval AS bar_end, '
+                 f'p.open, p.high, p.low, p.close, p.volume, p.adj_close FROM {WANTED} '
+                 f'JOIN prices AS p ON p.symbol = w.symbol AND p."interval" = w.iv{where}')
+        params = [widths] + wanted + params
+        counted = ""
+    else:
+        inner, params = buckets(frame, tz, start, end, wanted, adj_close=True)
+        if fill is not None:
+            inner, params = grid(frame, tz, start, end, wanted, inner, params, carry=fill == "locf", adj_close=True)
+        name = zone_name(tz)
+        end_of = (f"((bucket AT TIME ZONE %s) + {step_sql(frame)}) AT TIME ZONE %s" if frame.calendar
+                  else f"bucket + {step_sql(frame)}")
+        inner = (f"SELECT b.position, w.symbol, b.bucket AS bar_start, {end_of} AS bar_end, b.open, b.high, b.low, "
+                 f"b.close, b.volume, b.bars, b.adj_close FROM ({inner}) AS b JOIN {WANTED} ON w.position = b.position")
+        params = ([name, name] if frame.calendar else []) + params + wanted
+        counted, columns = ", bars::int8", columns + [("bars", "int8")]
+    sql = (f"SELECT position::int4, bar_start, {', '.join(number(n) for n in _PRICES)}, volume::float8{counted}, "
+           f"{number('adj_close')} FROM ({inner}) AS q ORDER BY symbol, bar_start")
+    return sql, params, columns + [("adj_close", "float8")]
 
 
 def fetch_columns(db, sql: str, params, columns: list[tuple[str, str]]) -> dict:
@@ -68,20 +111,25 @@ def fetch_columns(db, sql: str, params, columns: list[tuple[str, str]]) -> dict:
     return out
 
 
-def build_frame(values: dict, index: list[str], symbols: list[str] | None, kind: str):
-    """The frame of ``values`` for ``kind``.
+def build_frame(values: dict, symbols: list[str] | None, kind: str, tz: str | None = None):
+    """The frame of ``values`` (from :func:`frame_query`) for ``kind``.
 
-    ``symbols``: a ``symbol`` column holds 1-based positions in this list.
-    pandas: indexed by ``index`` (``timestamp`` UTC, with ``symbol`` first
-    for a list); polars and arrow: those as leading columns.
+    ``position`` holds 1-based positions in ``symbols``: a ``symbol`` level
+    (or column) for a list, dropped for one symbol. ``adj_close`` is kept
+    only when a bar has one. Timestamps are shown in ``tz`` (``None``: UTC).
+    pandas: indexed by ``timestamp`` (with ``symbol`` first for a list);
+    polars and arrow: those as leading columns.
     """
     np = need("numpy")
+    codes = values.pop("position").astype(np.int64) - 1
+    if "adj_close" in values and np.isnan(values["adj_close"]).all():
+        del values["adj_close"]
     if symbols is not None:
-        codes = values["symbol"].astype(np.int64) - 1
         values["symbol"] = np.asarray(symbols, dtype=object)[codes] if len(codes) else np.array([], dtype=object)
+    zone = tz or "UTC"
     if kind == "pandas":
         pd = need("pandas")
-        stamps = pd.DatetimeIndex(values.pop("timestamp"), name="timestamp").tz_localize("UTC")
+        stamps = pd.DatetimeIndex(values.pop("timestamp"), name="timestamp").tz_localize("UTC").tz_convert(zone)
         if symbols is None:
             return pd.DataFrame(values, index=stamps, copy=False)
         names = values.pop("symbol")
@@ -92,7 +140,7 @@ def build_frame(values: dict, index: list[str], symbols: list[str] | None, kind:
     arrays = {}
     if symbols is not None:
         arrays["symbol"] = pa.array(values.pop("symbol"), pa.string())
-    arrays["timestamp"] = pa.array(values.pop("timestamp"), pa.timestamp("us", tz="UTC"))
+    arrays["timestamp"] = pa.array(values.pop("timestamp"), pa.timestamp("us", tz=zone))
     arrays.update((name, pa.array(column)) for name, column in values.items())
     table = pa.table(arrays)
     return table if kind == "arrow" else need("polars").from_arrow(table)

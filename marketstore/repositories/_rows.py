@@ -28,9 +28,15 @@ def copy_line(row: dict) -> str:
 
     No value needs escaping: symbols and intervals match their patterns (no
     tab, newline or backslash), numbers and ISO timestamps are plain ASCII.
+    A missing interval (to be inferred) or adjusted close is ``\\N``, NULL.
     """
+    interval, adj = row.get("interval"), row.get("adj_close")
     return (f"{row['symbol']}\t{row['timestamp'].isoformat(' ')}\t{row['open']}\t{row['high']}\t"
-            f"{row['low']}\t{row['close']}\t{row['volume']}\t{row['interval']}\n")
+            f"{row['low']}\t{row['close']}\t{row['volume']}\t{_NULL if interval is None else interval}\t"
+            f"{_NULL if adj is None else adj}\n")
+
+
+_NULL = "\\N"
 
 
 _NUMBER_TEXT = re.compile(NUMBER_TEXT)
@@ -73,7 +79,7 @@ def _number_texts(values: tuple, printed: frozenset, direct: frozenset) -> tuple
     return tuple(out)
 
 
-def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | None]:
+def line_formatter(default: str | None = DEFAULT_INTERVAL) -> Callable[[object], str | None]:
     """A function giving the COPY line of a row, or ``None``: then :func:`validate_price_row` decides.
 
     The line is built without judging any value: the table's CHECK
@@ -95,6 +101,7 @@ def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | 
     rules = Price._meta.rules
     symbol_ok, interval_ok = rules.pattern("symbol").accepts, rules.pattern("interval").accepts
     symbol_length = Price.symbol.max_length
+    default = _NULL if default is None else default  # None: the interval is inferred later (staging)
     symbols, intervals = set(), {default}
     direct, printed = number_types()
     last_ts = last_stamp = None
@@ -143,7 +150,7 @@ def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | 
             else:
                 stamp = _stamp(ts)
                 last_ts, last_stamp = ts, stamp
-            text = f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\n"
+            text = f"{s}\t{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v}\t{iv}\t\\N\n"
         except (LookupError, TypeError, ValueError, ArithmeticError):  # DataValidationError, >4300 digits...
             return None
         # 'E-': a Decimal such as 1E-20000, which validation rounds to 0 and the server refuses
@@ -154,6 +161,12 @@ def line_formatter(default: str = DEFAULT_INTERVAL) -> Callable[[object], str | 
         return text
 
     return line
+
+
+def _has_interval(row) -> bool:
+    if type(row) is dict or isinstance(row, dict):
+        return row.get("interval") is not None
+    return isinstance(row, (tuple, list)) and len(row) == len(PRICE_COLUMNS) and row[-1] is not None
 
 
 def _stamp(ts) -> str:
@@ -195,16 +208,17 @@ class RowStream:
     re-raised by :func:`copy`.
     """
 
-    def __init__(self, rows: Iterable, interval: str, rows_per_read: int = 2000, rows_per_copy: int = 20_000):
+    def __init__(self, rows: Iterable, interval: str | None, rows_per_read: int = 2000, rows_per_copy: int = 20_000):
         self._rows, self._interval, self._rows_per_read = rows, interval, rows_per_read
         self._fast = line_formatter(interval)
         self._indexed = isinstance(rows, Sequence)
         self._rows_per_copy = None if self._indexed else rows_per_copy
-        self._source: Iterator = iter(())
+        self._source: Iterator = iter(rows)
         self._kept: list = []  # the rows of the COPY in flight (not indexed rows)
         self._first = 0  # rows sent before the COPY in flight
         self._left = 0  # rows the COPY in flight may still take (when sent rows_per_copy per COPY)
-        self._next = _END  # a row read ahead, to know whether another COPY is needed
+        self._next = next(self._source, _END)  # a row read ahead: another COPY needed? its interval given?
+        self._complete: bool | None = None
         self._refused: DataValidationError | None = None  # validation's verdict on the next row
         self.rows = 0
         self.error: BaseException | None = None
@@ -252,11 +266,26 @@ class RowStream:
 
     rereadable = False  # a generator cannot be read twice; rows go straight to upsert's staging table
 
+    @property
+    def complete(self) -> bool:
+        """An interval given, or a list whose rows all carry theirs: none is left to infer.
+
+        Rows of any other iterable without ``interval=`` are staged: which of
+        them lack one is known only once they are read.
+        """
+        if self._complete is None:
+            self._complete = self._interval is not None or (
+                self._indexed and all(_has_interval(row) for row in self._rows))
+        return self._complete
+
     def rewound(self) -> "RowStream":
         raise TypeError("rows are read once")
 
     def where(self, line: int) -> dict:
         return {"row": self._first + line}
+
+    def located(self, number: int | None) -> dict:
+        return {} if number is None else {"row": number}
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
         data = self._row(self._first + line)
@@ -270,8 +299,6 @@ class RowStream:
 
     def copy_into(self, db, table: str) -> int:
         """COPY every row into ``table`` on the session's connection; returns the number of rows."""
-        self._source = iter(self._rows)
-        self._next = next(self._source, _END)
         sql = f"COPY {table} ({COPY_COLUMNS}) FROM STDIN"
         while True:
             self._first, self._kept, self._left = self.rows, [], self._rows_per_copy or 0

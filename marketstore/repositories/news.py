@@ -289,11 +289,10 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         start, end = check.span(start, end)
         width, kind = check.bucket(bucket), check_library(library)
         as_of = check.optional_timestamp("as_of", as_of)
-        columns = [("symbol", "int4")] if many else []
-        columns += [("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
+        columns = [("position", "int4"), ("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
         if not many:  # timeseries' own query
             sql, params = _sentiment_filters(wanted[0], start, end, as_of)
-            sql, params = _SERIES.format(filters=sql), [width, BUCKET_ORIGIN, *params]
+            sql, params = f"SELECT 1::int4, q.* FROM ({_SERIES.format(filters=sql)}) AS q", [width, BUCKET_ORIGIN, *params]
         else:  # a score counts once for each symbol asked for that its article is tagged with
             sql = ("SELECT array_position(%s::text[], t.symbol)::int4, date_bin(%s, s.timestamp, %s), "
                    "avg(s.score)::float8, count(*)::int8 "
@@ -305,7 +304,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
             params = [wanted, width, BUCKET_ORIGIN, wanted, wanted, start, end] + ([] if as_of is None else [as_of])
         with self.session("frame") as db:
             values = fetch_columns(db, sql, params, columns)
-        return build_frame(values, None, wanted if many else None, kind)
+        return build_frame(values, wanted if many else None, kind)
 
 
 class EventRepository(BaseRepository[Event]):

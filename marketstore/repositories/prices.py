@@ -12,16 +12,19 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 import peewee
 
 from .. import validation as check
-from ..errors import DataValidationError, DuplicateKeyError
+from ..errors import DataValidationError
+from ..intervals import optional_interval, parse, step_sql, zone
 from ..models import Price
 from ..repository import BaseRepository, reads
 from ..validation import UTC
-from ._copy import COPY_COLUMNS, CopySource
+from ._copy import CopySource
 from ._csv import CsvBody, csv_header
 from ._frames import frame_source
+from ._load import UpsertCount, copy_new, upsert
 from ._rows import RowStream
-from ._frames_out import build_frame, check_library, fetch_columns
-from ._sql import BUCKET_ORIGIN, aware
+from ._frames_out import FILLS, build_frame, check_library, fetch_columns, frame_query
+from ._price_sql import INTERVAL_PROBE, SERIES, STORED_INTERVALS, buckets, in_range
+from ._sql import aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
 Progress = Callable[[int], None]
@@ -116,41 +119,13 @@ def _no_gc():
                 gc.enable()
 
 
-def _resample_sql(many: bool) -> str:
-    """The SQL of :meth:`PriceRepository.resample`, also read by :meth:`~PriceRepository.frame`.
+class PriceSeries(NamedTuple):
+    """A stored series: ``symbol``'s bars of ``interval``, the first and last bar's start (aware UTC)."""
 
-    Columns ``[symbol,] bucket, open, high, low, close, volume, bars``;
-    parameters: width, origin, the symbol (``many``: a list of them), interval,
-    start, end. ``many`` groups by symbol too, ordered by symbol then bucket.
-    """
-    by = "symbol, " if many else ""
-    return (f'SELECT {by}date_bin(%s, "timestamp", %s) AS bucket, '
-            '(array_agg(open ORDER BY "timestamp"))[1] AS open, max(high) AS high, min(low) AS low, '
-            '(array_agg(close ORDER BY "timestamp" DESC))[1] AS close, sum(volume) AS volume, count(*) AS bars '
-            f'FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} AND "interval" = %s '
-            f'AND "timestamp" >= %s AND "timestamp" < %s GROUP BY {by}bucket ORDER BY {by}bucket')
-
-
-# upsert_many's staging table: the rules of prices (LIKE ... INCLUDING CONSTRAINTS, so a
-# refused row names its line as copy_from's would) but no index and no WAL; dropped at the
-# end of the call (ON COMMIT DROP too, in case the caller's transaction outlives an error).
-STAGE = "marketstore_price_stage"
-STAGE_CREATE = (
-    f"CREATE TEMPORARY TABLE {STAGE} (LIKE prices INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP; "
-    # id numbers the staged rows in input order (and takes nothing from prices' sequence)
-    f"ALTER TABLE {STAGE} ALTER COLUMN id DROP DEFAULT, ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY; "
-    "SELECT current_setting('work_mem'), set_config('work_mem', '256MB', true)"
-)
-# ON CONFLICT may touch a row once per statement: DISTINCT ON keeps the last
-# staged row (highest id) of each key, as applying the rows in order would.
-STAGE_MERGE = (
-    f"INSERT INTO prices ({COPY_COLUMNS}) "
-    f'SELECT DISTINCT ON (symbol, "interval", "timestamp") {COPY_COLUMNS} FROM {STAGE} '
-    'ORDER BY symbol, "interval", "timestamp", id DESC '
-    'ON CONFLICT (symbol, "interval", "timestamp") DO UPDATE SET '
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in ("open", "high", "low", "close", "volume"))
-    + f"; DROP TABLE {STAGE}; SELECT set_config('work_mem', %s, true)"
-)
+    symbol: str
+    interval: str
+    first: dt.datetime
+    last: dt.datetime
 
 
 class PriceRepository(BaseRepository[Price]):
@@ -158,172 +133,184 @@ class PriceRepository(BaseRepository[Price]):
 
     model = Price
 
-    @reads
-    def get_range(self, symbol: str, start, end, interval: str = "1m", *,
-                  as_tuples: bool = False) -> list[Price] | list[tuple]:
-        """Bars of ``symbol``/``interval`` with ``start <= timestamp < end``, oldest first.
+    def _intervals(self, db, wanted: list[str], interval: str | None) -> dict[str, str]:
+        """``{symbol: the interval to read}``: the one given, else each symbol's one stored interval.
 
-        Returns ``Price`` instances; with ``as_tuples=True``, plain tuples in
-        :data:`PRICE_ROW_COLUMNS` order (``id, symbol, timestamp, open, high,
-        low, close, volume, interval``; ``Decimal`` prices, aware UTC
-        timestamps): the fast path for large reads, at the cost of the driver's
-        own fetch. Raises ``DataValidationError`` for a bad parameter.
+        A symbol without bars is left out; one with several is refused
+        (``field='interval'``, naming them). Two index probes per symbol.
         """
-        symbol, interval = check.symbol(symbol), check.interval(interval)
+        if interval is not None:
+            return dict.fromkeys(wanted, interval)
+        found = {}
+        for symbol, first, second in db.execute_sql(INTERVAL_PROBE, (wanted,)).fetchall():
+            if second is not None:
+                stored = [iv for (iv,) in db.execute_sql(STORED_INTERVALS, (symbol, symbol)).fetchall()]
+                raise DataValidationError("interval", None, f"one of the intervals stored for {symbol}: "
+                                                            f"{', '.join(stored)} (it has bars of several)")
+            found[symbol] = first
+        return found
+
+    @reads
+    def get_range(self, symbol: str, start=None, end=None, interval: str | None = None, *,
+                  as_tuples: bool = False) -> list[Price] | list[tuple]:
+        """Bars of ``symbol`` with ``start <= timestamp < end``, oldest first.
+
+        ``start``/``end``: datetimes (naive = UTC), ``date`` (midnight UTC) or
+        ``None`` (unbounded). ``interval=None`` reads the symbol's one stored
+        interval (several: ``DataValidationError``, ``field='interval'``).
+        Returns ``Price`` instances; with ``as_tuples=True``, plain tuples in
+        :data:`PRICE_ROW_COLUMNS` order (``Decimal`` prices, aware UTC
+        timestamps): the fast path for large reads.
+        """
+        symbol, interval = check.symbol(symbol), optional_interval(interval)
         start, end = check.span(start, end)
         check.flag("as_tuples", as_tuples)
-        sql = (f'SELECT {_PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s '
-               'AND "timestamp" >= %s AND "timestamp" < %s ORDER BY "timestamp"')
+        where, params = in_range(start, end)
+        sql = f'SELECT {_PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s{where} ORDER BY "timestamp"'
         with self.session("get_range") as db:
-            rows = db.execute_sql(sql, (symbol, interval, start, end)).fetchall()
+            found = self._intervals(db, [symbol], interval)
+            rows = db.execute_sql(sql, [symbol, found[symbol]] + params).fetchall() if found else []
         return _utc_rows(rows) if as_tuples else _price_models(rows)
 
     @reads
-    def latest(self, symbol: str, interval: str = "1m") -> Price | None:
-        """The newest bar of ``symbol``/``interval``, or ``None``."""
-        symbol, interval = check.symbol(symbol), check.interval(interval)
-        query = (Price.select().where(Price.symbol == symbol, Price.interval == interval)
-                 .order_by(Price.timestamp.desc()).limit(1))
-        with self.session("latest"):
-            return query.first()
+    def latest(self, symbol: str, interval: str | None = None) -> Price | None:
+        """The newest bar of ``symbol`` (of ``interval``; ``None``: its one stored interval), or ``None``."""
+        return self.latest_for_symbols([check.symbol(symbol)], interval).get(symbol)
 
     @reads
-    def latest_for_symbols(self, symbols: Iterable[str], interval: str = "1m") -> dict[str, Price]:
+    def latest_for_symbols(self, symbols: Iterable[str], interval: str | None = None) -> dict[str, Price]:
         """``{symbol: newest bar}`` for each of ``symbols`` that has a bar, in one statement.
 
         One index probe per symbol (``unnest`` + ``LATERAL ... LIMIT 1``), not a
-        sort of the whole table as ``DISTINCT ON`` would need.
+        sort of the whole table as ``DISTINCT ON`` would need; with
+        ``interval=None`` two more find each symbol's one stored interval.
         """
-        wanted, interval = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS), check.interval(interval)
+        wanted, interval = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS), optional_interval(interval)
         if not wanted:
             return {}
-        sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
-               f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices '
-               '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
-               '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+        if interval is None:  # the interval probes and the bar in one statement
+            sql = (f'SELECT p.*, i.second FROM ({INTERVAL_PROBE}) AS i(symbol, iv, second) '
+                   f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices WHERE prices.symbol = i.symbol '
+                   'AND prices."interval" = i.iv ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+            params = (wanted,)
+        else:
+            sql = (f'SELECT p.*, NULL FROM unnest(%s::text[]) AS s(symbol) '
+                   f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices '
+                   '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
+                   '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+            params = (wanted, interval)
         with self.session("latest_for_symbols") as db:
-            rows = db.execute_sql(sql, (wanted, interval)).fetchall()
+            rows = db.execute_sql(sql, params).fetchall()
+            several = [row[_SYMBOL_AT] for row in rows if row[-1] is not None]
+            if several:
+                self._intervals(db, several[:1], None)  # raises, naming the stored intervals
+        rows = [row[:-1] for row in rows]
         return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
 
-    def upsert_many(self, rows_or_csv_path, *, batch_size: int = 1000, interval: str = "1m",
-                    progress: Progress | None = None, symbol: str | None = None) -> int:
-        """Insert bars, or update open/high/low/close/volume where (symbol, interval, timestamp) exists.
+    @reads
+    def series(self, symbols: Iterable[str] | None = None) -> list[PriceSeries]:
+        """What is stored: a :class:`PriceSeries` per (symbol, interval), sorted; of ``symbols`` when given.
 
-        ``rows_or_csv_path`` is what :meth:`copy_from` takes -- rows, the
-        path of a CSV file read by the same reader with the same verdicts, a
-        frame or a Parquet file -- and ``interval``, ``progress`` and
-        ``symbol`` mean the same. The input is streamed
-        with ``COPY`` (rows ``batch_size`` per chunk) into a temporary staging
-        table that holds the rules of ``prices``, so a bad row or line is
-        refused as ``copy_from`` refuses it; then one ``INSERT ... SELECT ...
-        ON CONFLICT DO UPDATE`` applies them all. A regular file (or a frame) is first
-        tried as new bars, straight into ``prices`` at ``copy_from``'s speed;
-        the first bar already stored (or repeated) undoes that attempt and the
-        file is read again through the staging table (so a file whose first
-        stored bar comes late costs up to twice, and leaves the attempt's rows
-        for autovacuum). All or nothing. A key repeated in the input: the last
-        one wins. Returns the number of input rows written. Raises
-        ``DataValidationError`` (with ``field``, ``value`` and ``row``, or
-        ``source`` and ``line``). Needs the ``TEMPORARY`` privilege on the
-        database, which PostgreSQL grants to PUBLIC (``sql/roles.sql``).
+        A loose index scan (a probe per series, two more for its first and last
+        bar), never a scan of the bars.
+        """
+        wanted = None if symbols is None else check.symbol_list(symbols, max_symbols=MAX_SYMBOLS)
+        if wanted == []:
+            return []
+        first, nxt = ("symbol = ANY(%s)", "symbol = ANY(%s)") if wanted is not None else ("TRUE", "TRUE")
+        sql = SERIES.format(first=first, next=nxt)
+        with self.session("series") as db:
+            rows = db.execute_sql(sql, [wanted, wanted] if wanted is not None else []).fetchall()
+        return [PriceSeries(symbol, iv, aware(a), aware(b)) for symbol, iv, a, b in rows]
+
+    def upsert_many(self, rows_or_csv_path, *, batch_size: int = 1000, interval: str | None = None,
+                    progress: Progress | None = None, symbol: str | None = None) -> int:
+        """Insert new bars and update the stored bars whose values changed; returns how many were written.
+
+        Takes what :meth:`copy_from` takes, read the same way with the same
+        verdicts (``batch_size`` rows per read). A key repeated in the input:
+        the last one wins. A bar given exactly as stored is not written again.
+        The count is an :class:`UpsertCount` (an ``int``: inserted + updated)
+        whose ``inserted``, ``updated`` and ``unchanged`` attributes tell them
+        apart. All or nothing. Needs the ``TEMPORARY`` privilege, which
+        PostgreSQL grants to PUBLIC: the input is staged in a temporary table.
         """
         batch_size = check.limit(batch_size, "batch_size")
-        with self._source(rows_or_csv_path, interval, progress, batch_size, symbol) as source:
+        with self._source(rows_or_csv_path, interval, progress, batch_size, symbol) as (source, interval):
             if source is None:
-                return 0
+                return UpsertCount(0, 0, 0)
             with self.session("upsert_many") as db:
-                if source.rereadable:
-                    count, source = self._copy_new(db, source)
-                    if source is None:
-                        return count
-                # work_mem: the DISTINCT ON sort of the staged rows stays in memory (restored after).
-                work_mem = db.execute_sql(STAGE_CREATE).fetchone()[0]
-                count = source.copy_into(db, STAGE)
-                db.execute_sql(STAGE_MERGE, (work_mem,))
-        return count
+                return upsert(db, source, interval)
 
-    @staticmethod
-    def _copy_new(db, body: CopySource) -> tuple[int, CopySource | None]:
-        """Try a file (or a frame) as new bars first: ``(rows, None)`` when all were, else ``(0, the file again)``.
-
-        ``INSERT ... ON CONFLICT`` costs twice a plain insert and ``COPY``
-        batches its writes, so a file of new bars loads at ``copy_from``'s
-        speed. The first bar already stored (or repeated) undoes the attempt
-        (a savepoint) and the file is read again through the staging table.
-        """
-        db.execute_sql("SAVEPOINT marketstore_upsert_new")
-        try:
-            count = body.copy_into(db, "prices")
-        except DuplicateKeyError:  # any other error ends the whole call: the session rolls back
-            db.execute_sql("ROLLBACK TO SAVEPOINT marketstore_upsert_new; RELEASE SAVEPOINT marketstore_upsert_new")
-            return 0, body.rewound()
-        db.execute_sql("RELEASE SAVEPOINT marketstore_upsert_new")
-        return count, None
-
-    def copy_from(self, rows_or_csv_path, *, interval: str = "1m", progress: Progress | None = None,
+    def copy_from(self, rows_or_csv_path, *, interval: str | None = None, progress: Progress | None = None,
                   symbol: str | None = None) -> int:
         """Bulk-load new bars with PostgreSQL ``COPY``; returns the number of rows loaded.
 
-        ``rows_or_csv_path`` is an iterable of rows (mappings, or sequences in
+        **Input.** An iterable of rows (mappings, or sequences in
         :data:`PRICE_COLUMNS` order; not a query: read it first) holding
         ``int``, ``float``, ``Decimal``, numeric ``str`` or numpy numbers and
         ``datetime``, ``pandas.Timestamp``, ``numpy.datetime64`` or ISO text
-        timestamps (naive = UTC), or the path of a UTF-8 CSV file (a FIFO
-        such as ``/dev/stdin`` works too). Rows are held to the table's
-        constraints by the server, and a refused row is validated again to
-        name it exactly as ``Price.validate`` does. Either way the data is streamed, so
-        a file of any size is never held in memory. Insert-only: a bar that
-        already exists, or comes twice, is a :class:`DuplicateKeyError` naming
-        its ``row``, or ``source`` and ``line`` (use :meth:`upsert_many` to
-        update). All or nothing: a bad row aborts the whole load with a
-        ``DataValidationError`` whose ``field`` and ``value`` name the bad
-        value and whose ``row``, or ``source`` and ``line`` (the header being
-        line 1), say where it is; ``field`` is ``'row'`` for a row or line of
-        the wrong shape and ``'header'`` for a header that cannot be read. A
-        file that cannot be read is a ``DataValidationError`` with
-        ``field='path'``.
+        timestamps (naive = UTC); the path of a UTF-8 CSV file (a FIFO such as
+        ``/dev/stdin`` too); a pandas or polars DataFrame, a pyarrow Table or a
+        ``.parquet`` path (the ``frames`` extra). Everything is streamed:
+        memory stays bounded whatever the size.
 
-        A CSV file's header names the columns (any order, ``interval``
-        optional); its body goes to the server untouched, which parses it and
-        holds every row to the table's constraints -- the same rules as
-        validation. Timestamps are ISO 8601 only (naive ones are UTC), numbers
-        keep at most 8 decimals (more are rounded). An empty line is skipped;
-        an empty ``interval`` cell takes ``interval``, as a file without the
-        column does; a line of separators only is refused (its cells are empty).
+        **CSV.** The header names the columns in any order and any case
+        (``Adj Close`` is ``adj_close``; ``interval`` and ``adj_close``
+        optional, ``symbol`` too with ``symbol=``). Timestamps are ISO 8601
+        only (naive ones are UTC). An empty line is skipped; an empty
+        ``interval`` cell takes ``interval=`` (without it, it is refused); a
+        line of separators only is refused.
 
-        ``interval`` is the interval of rows (or a file) that give none;
-        ``progress``, if given, is called with the number of bytes of the
-        file read since its last call (for a progress bar).
+        **Frames.** Columns by name in any case (``Open``, ``Adj Close``); the
+        timestamp may be a datetime index of any name (``Date``), ``symbol=``
+        names the symbol of a frame without that column; a ``date`` is
+        midnight UTC; NaN in ``adj_close`` means none. A column the table does
+        not keep (``Dividends``) is refused by name.
 
-        Frames (the ``frames`` extra): a pandas or polars DataFrame or a
-        pyarrow Table, its columns by name (the timestamp may be the index,
-        and ``symbol=`` names the symbol of a frame without that column), or
-        the path of a ``.parquet`` file (read one record batch at a time).
-        Checked column by column, vectorised; errors name the ``row``
-        (1-based position in the frame or file). See :mod:`._frames`.
+        **Interval.** ``interval=`` gives the rows without one their interval,
+        and is refused (``field='interval'``) when bars are closer together
+        than one bar of it. Without it, each symbol's interval is inferred
+        from the smallest gap between its bars (see
+        :func:`~marketstore.intervals.inferred`: ``5m``, ``1h``, ``1d``,
+        ``1w``, ``1mo``, ``1y``; a lone bar ``1m``).
+
+        **Verdicts.** Rows are held to the table's rules (``Price.Meta.rules``)
+        -- by the server's CHECK constraints, frames also vectorised -- and a
+        refused row is validated again so the error is validation's own:
+        ``DataValidationError`` with ``field``, ``value`` and ``row`` (1-based),
+        or ``source`` and ``line`` (the header is line 1); ``field`` is
+        ``'row'`` for a row of the wrong shape, ``'header'`` for an unreadable
+        header, ``'path'`` for a file that cannot be read. Numbers keep 8
+        decimals, rounded half away from zero. Insert-only: a bar already
+        stored, or given twice, is a :class:`DuplicateKeyError` naming where.
+        All or nothing, in the caller's session when one is open.
+
+        ``progress``, if given, is called with the bytes of a file read since
+        its last call (for a progress bar).
         """
-        with self._source(rows_or_csv_path, interval, progress, symbol=symbol) as source:
+        with self._source(rows_or_csv_path, interval, progress, symbol=symbol) as (source, interval):
             if source is None:
                 return 0
             with self.session("copy_from") as db:
-                return source.copy_into(db, "prices")
+                return copy_new(db, source, interval)
 
     @staticmethod
     @contextmanager
-    def _source(rows_or_csv_path, interval: str, progress: Progress | None,
-                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[CopySource | None]:
-        """``rows_or_csv_path`` as a COPY source (``None``: an empty file, no rows).
+    def _source(rows_or_csv_path, interval: str | None, progress: Progress | None,
+                rows_per_read: int = 2000, symbol: str | None = None) -> Iterator[tuple[CopySource | None, str | None]]:
+        """``(rows_or_csv_path as a COPY source, the interval given)``; the source is ``None`` for an empty file.
 
         A ``str`` or path-like is a CSV file (a Parquet file if it ends in
         ``.parquet``), opened (and its header read) here, before any
         transaction: a missing file starts none.
         """
-        interval = check.interval(interval)
+        interval = optional_interval(interval)
         if progress is not None and not callable(progress):
             raise DataValidationError("progress", progress, "a callable taking a byte count, or None")
         frame = frame_source(rows_or_csv_path, interval, symbol, progress)
         if frame is not None:
-            yield frame
+            yield frame, interval
             return
         if isinstance(rows_or_csv_path, (peewee.BaseQuery, peewee.ModelBase)):
             # Iterating a query runs it: before the session there is no connection, and
@@ -333,7 +320,9 @@ class PriceRepository(BaseRepository[Price]):
         if not isinstance(rows_or_csv_path, (str, os.PathLike)):
             if not isinstance(rows_or_csv_path, Iterable) or isinstance(rows_or_csv_path, (bytes, Mapping)):
                 raise DataValidationError("rows_or_csv_path", rows_or_csv_path, "an iterable of rows or a CSV path")
-            yield RowStream(rows_or_csv_path, interval, rows_per_read)
+            if symbol is not None:
+                raise DataValidationError("symbol", symbol, "symbol= only with a file or a frame (rows name theirs)")
+            yield RowStream(rows_or_csv_path, interval, rows_per_read), interval
             return
         path = os.fspath(rows_or_csv_path)
         path = check.text("rows_or_csv_path", os.fsdecode(path) if isinstance(path, bytes) else path, 4096)
@@ -343,63 +332,73 @@ class PriceRepository(BaseRepository[Price]):
             raise check.unreadable(path, exc) from exc
         with handle:
             try:
-                found = csv_header(handle, path)
+                found = csv_header(handle, path, symbol)
             except OSError as exc:
                 raise check.unreadable(path, exc) from exc
             if found is not None and progress is not None:
                 progress(found[1])
-            yield None if found is None else CsvBody(handle, path, found[0], interval, progress)
+            yield (None if found is None else CsvBody(handle, path, found[0], interval, progress, symbol)), interval
 
     @reads
-    def resample(self, symbol: str, start, end, bucket="1 hour", *, interval: str = "1m") -> list[PriceBar]:
-        """OHLCV bars of width ``bucket`` built in SQL from the ``interval`` bars in ``[start, end)``.
+    def resample(self, symbol: str, start=None, end=None, bucket="1 hour", *, interval: str | None = None,
+                  tz: str | None = None) -> list[PriceBar]:
+        """OHLCV bars of width ``bucket`` built in SQL from the bars in ``[start, end)``.
 
         Per bucket: first open, max high, min low, last close, summed volume
         and the number of source bars; oldest first, empty buckets omitted.
+        ``bucket`` is a count and a unit (``15m``, ``1h``, ``1d``, ``1w``,
+        ``1mo``, ``1y``; :mod:`marketstore.intervals`); ``tz`` (an IANA zone)
+        aligns buckets on that zone's calendar -- a ``1d`` bucket is a local
+        day, 23 or 25 hours across DST, a ``1w`` one starts on Monday -- and
+        labels them by their start in that zone (``None``: UTC). A ``date``
+        bound is midnight in ``tz``. ``interval`` as for :meth:`get_range`.
         """
-        symbol, interval = check.symbol(symbol), check.interval(interval)
-        start, end = check.span(start, end)
-        width = check.bucket(bucket)
+        symbol, interval, frame = check.symbol(symbol), optional_interval(interval), parse(bucket, "bucket")
+        zone(tz)
+        start, end = check.span(start, end, tz)
         with self.session("resample") as db:
-            rows = db.execute_sql(_resample_sql(False), (width, BUCKET_ORIGIN, symbol, interval, start, end)).fetchall()
-        return [PriceBar(aware(b), o, h, lo, c, v, n) for b, o, h, lo, c, v, n in rows]
+            found = self._intervals(db, [symbol], interval)
+            if not found:
+                return []
+            sql, params = buckets(frame, tz, start, end, [[symbol], [found[symbol]]])
+            rows = db.execute_sql(sql, params).fetchall()
+        place = zone(tz)
+        return [PriceBar(b.astimezone(place), o, h, lo, c, v, n) for _, b, o, h, lo, c, v, n in rows]
 
     @reads
-    def frame(self, symbols, start, end, *, interval: str = "1m", bucket=None, library: str = "pandas"):
+    def frame(self, symbols, start=None, end=None, *, interval: str | None = None, bucket=None,
+              tz: str | None = None, fill: str | None = None, library: str = "pandas"):
         """Bars in ``[start, end)`` as a frame (the ``frames`` extra), oldest first.
 
         ``symbols`` is one symbol (a ``str``) or a list. pandas (the default):
-        indexed by a UTC ``DatetimeIndex`` named ``timestamp`` -- by
-        (``symbol``, ``timestamp``) for a list, ordered by symbol then time --
-        with float64 columns ``open high low close volume``. ``bucket`` (as
-        for :meth:`resample`, whose SQL it runs) resamples on the server and
-        adds the int64 column ``bars`` (source bars per bucket), labelled by
-        the bucket's start. ``library="polars"`` or ``"arrow"`` returns a
-        polars DataFrame or a pyarrow Table, with ``timestamp`` (and
-        ``symbol``) as leading columns. Read with binary ``COPY`` (see
-        :mod:`._frames_out`). Raises ``DataValidationError`` for a bad
-        parameter, ``MissingExtraError`` without the extra.
+        indexed by a ``DatetimeIndex`` named ``timestamp`` (UTC, or ``tz``) --
+        by (``symbol``, ``timestamp``) for a list -- with float64 columns
+        ``open high low close volume`` and ``adj_close`` when any bar read has
+        one (NaN where absent). ``bucket`` and ``tz`` resample on the server as
+        :meth:`resample` does, adding the int64 column ``bars``; ``fill``
+        gives every bucket of ``[start, end)`` (both needed): ``"nan"`` leaves
+        an empty bucket's prices NaN, ``"locf"`` carries the previous close
+        into them; volume and bars 0. ``library="polars"``/``"arrow"``: ``timestamp``
+        (and ``symbol``) as leading columns. Raises ``DataValidationError``
+        for a bad parameter, ``MissingExtraError`` without the extra.
         """
         many = not isinstance(symbols, str)
         wanted = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS) if many else [check.symbol(symbols)]
-        interval, (start, end) = check.interval(interval), check.span(start, end)
-        kind, width = check_library(library), None if bucket is None else check.bucket(bucket)
-        numbers = ("open", "high", "low", "close", "volume") + (("bars",) if width is not None else ())
-        columns = [("symbol", "int4")] if many else []
-        columns += [("timestamp", "timestamptz")] + [(n, "int8" if n == "bars" else "float8") for n in numbers]
-        position = "array_position(%s::text[], symbol)::int4, " if many else ""
-        casts = ", ".join(f"{n}::{t}" for n, t in columns[len(columns) - len(numbers):])
-        order = "symbol, " if many else ""
-        if width is None:
-            sql = (f'SELECT {position}"timestamp", {casts} FROM prices WHERE symbol {"= ANY(%s)" if many else "= %s"} '
-                   f'AND "interval" = %s AND "timestamp" >= %s AND "timestamp" < %s ORDER BY {order}"timestamp"')
-            params = [wanted if many else wanted[0], interval, start, end]
-        else:
-            sql = f"SELECT {position}bucket, {casts} FROM ({_resample_sql(many)}) AS r ORDER BY {order}bucket"
-            params = [width, BUCKET_ORIGIN, wanted if many else wanted[0], interval, start, end]
+        interval, kind = optional_interval(interval), check_library(library)
+        frame = None if bucket is None else parse(bucket, "bucket")
+        zone(tz)
+        start, end = check.span(start, end, tz)
+        fill = None if fill is None else check.choice("fill", fill, FILLS)
+        if fill is not None and (frame is None or start is None or end is None):
+            raise DataValidationError("fill", fill, "a bucket, a start and an end: the grid of buckets to fill")
         with self.session("frame") as db:
-            values = fetch_columns(db, sql, ([wanted] if many else []) + params, columns)
-        return build_frame(values, None, wanted if many else None, kind)
+            found = self._intervals(db, wanted, interval)
+            present = [s for s in wanted if s in found]
+            pairs = [present, [found[s] for s in present]]
+            widths = [step_sql(parse(found[s], "interval"), literal=False) for s in present]
+            sql, params, columns = frame_query(frame, tz, start, end, pairs, fill, widths)
+            values = fetch_columns(db, sql, params, columns)
+        return build_frame(values, present if many else None, kind, tz)
 
     @reads
     def symbols(self, *, limit: int = check.MAX_PAGE, after: str | None = None) -> list[str]:

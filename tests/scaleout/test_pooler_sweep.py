@@ -90,6 +90,8 @@ SWEEP = {
                                  lambda r, w: len(r) == 1 and r[0].count == 3 and r[0].bucket == T0.replace(minute=0)
                                  and utc(r[0].bucket)),
     "PriceRepository.symbols": (lambda w: w.price.symbols(), lambda r, w: w.symbol in r),
+    "PriceRepository.series": (lambda w: w.price.series([w.symbol]),
+                               lambda r, w: [(s.symbol, s.interval) for s in r] == [(w.symbol, "1m")]),
     "ArticleRepository.create": (lambda w: w.article.create(title="t", url=f"https://x/{uuid.uuid4().hex}"),
                                  lambda r, w: r.id > 0),
     "ArticleRepository.get_by_id": (lambda w: w.article.get_by_id(w.art.id), lambda r, w: r == w.art and utc(r.published_at)),
