@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
-import weakref
 
 import peewee
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from .errors import DRIVER_ERRORS
+from .forksafe import on_fork_in_child
 from .pool import ConnectionPool
 
 
@@ -106,7 +105,7 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         # makes a savepoint; its commit()/rollback() call ours. It holds no state of
         # its own, so one serves every session of every thread.
         self._session_transaction = self.transaction()
-        _DATABASES.add(self)
+        on_fork_in_child(self._forget_connection)
 
     def init(self, database, max_connections=None, stale_timeout=None, timeout=None, *,
              pool_size=None, pre_ping=None, ping_after_idle=None, **kwargs):
@@ -168,6 +167,11 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
     def status(self) -> dict:
         """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""
         return self._pool.status()
+
+    def _forget_connection(self) -> None:
+        # In a child after fork(): the forking thread's open connection is the
+        # parent's (the pool forgets its own connections itself).
+        self._state.reset()
 
     # -- the session fast path (the one override of Peewee's transactions) ------
     # DatabaseConnection.session() lets psycopg2 run the outermost transaction
@@ -333,20 +337,6 @@ def _wait(timeout: float | None) -> float:
     if timeout is None:
         return 0.0
     return float("inf") if timeout == 0 else float(timeout)
-
-
-_DATABASES: "weakref.WeakSet[PooledPostgresqlExtDatabase]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The forking thread's open connection belongs to the parent: forget it
-    # (the pools themselves reset in marketstore.pool).
-    for db in list(_DATABASES):
-        db._state.reset()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- database_proxy -----------------------------------------------------------

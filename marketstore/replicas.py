@@ -23,15 +23,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import os
 import threading
 import time
-import weakref
 
 import psycopg2
 
 from .config import Settings, safe_url
 from .errors import DRIVER_ERRORS
+from .forksafe import on_fork_in_child
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class ReplicaSet:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
-        _SETS.add(self)
+        on_fork_in_child(self._after_fork)
 
     # -- routing (the hot path: no round trip, no lock) ---------------------------
     def pick(self):
@@ -283,16 +282,3 @@ def _close(conn) -> None:
     except DRIVER_ERRORS:
         logger.debug("closing a sampler connection failed", exc_info=True)
 
-
-_SETS: "weakref.WeakSet[ReplicaSet]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's sampler connections stay referenced by its vanished threads'
-    # frames, never closed here: closing would end the parent's server sessions.
-    for replica_set in list(_SETS):
-        replica_set._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
