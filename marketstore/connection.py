@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -38,7 +37,7 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = "10"  # seconds, per host address tried
+CONNECT_TIMEOUT = str(Settings.connect_timeout)  # the default, seconds per host address tried
 # Probe an idle TCP connection after 60 s, every 10 s, give up after 5 misses: a
 # vanished server or NAT entry is found in under 2 minutes, not the OS's 2 hours.
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}
@@ -65,9 +64,8 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     params.setdefault("application_name", settings.application_name)
     # libpq waits for the OS otherwise: minutes for a connect to a black-holed
     # host, hours before a dead peer of an idle pooled connection is noticed.
-    # The caller's URL or PGCONNECT_TIMEOUT wins; keepalives apply to TCP only.
-    if not os.environ.get("PGCONNECT_TIMEOUT"):
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    # The URL's own values win; keepalives apply to TCP only.
+    params.setdefault("connect_timeout", str(settings.connect_timeout))
     for name, value in TCP_KEEPALIVES.items():
         params.setdefault(name, value)
     return PooledPostgresqlExtDatabase(
@@ -237,7 +235,7 @@ class DatabaseConnection:
         self._refuse_inside_transaction("initialize")
         replicas = None
         if settings.replica_urls:
-            replicas = ReplicaSet(settings, [_database(settings.for_replica(url)) for url in settings.replica_urls])
+            replicas = ReplicaSet(settings, [_database(replica) for replica in settings.replicas()])
         with self._lock:
             old, self._db = self._db, _database(settings)
             old_replicas, self._replicas = self._replicas, replicas

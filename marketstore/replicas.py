@@ -91,8 +91,7 @@ class ReplicaSet:
         # Long enough for lag_seconds to say how far behind a paused standby is.
         self._window = max(30.0, 10 * self.max_lag)
         self._primary = _Server(settings)
-        self.replicas = [_Server(settings.for_replica(url), db)
-                         for url, db in zip(settings.replica_urls, databases)]
+        self.replicas = [_Server(replica, db) for replica, db in zip(settings.replicas(), databases)]
         self._history: tuple[tuple, tuple] = ((), ())  # (times, lsns), replaced whole (lock-free reads)
         self._last_write = float("-inf")
         self._turn = itertools.count()
