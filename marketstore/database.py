@@ -265,9 +265,21 @@ def _wait(timeout: float | None) -> float:
 
 
 # -- database_proxy -----------------------------------------------------------
-class _Route(threading.local):
+class SessionStack(threading.local):
+    """This thread's open sessions, the one per-thread record of them (:data:`sessions`).
+
+    ``stack``: the database of each open session, innermost last (what
+    :data:`database_proxy` resolves to). ``reads``: ``(router, mode)`` of each
+    routed read in progress (:meth:`marketstore.routing.ReplicaRouter.read`),
+    innermost last.
+    """
+
     def __init__(self):
         self.stack: list = []
+        self.reads: list = []
+
+
+sessions = SessionStack()
 
 
 class RoutingDatabaseProxy(peewee.DatabaseProxy):
@@ -277,7 +289,7 @@ class RoutingDatabaseProxy(peewee.DatabaseProxy):
     __slots__ = ("_bound", "_route")
 
     def __init__(self):
-        object.__setattr__(self, "_route", _Route())
+        object.__setattr__(self, "_route", sessions)
         super().__init__()
 
     def __setattr__(self, name, value):
