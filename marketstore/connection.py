@@ -264,7 +264,10 @@ class DatabaseConnection:
         ``fn`` joins it; without replicas it simply runs. Returns what ``fn``
         returns; raises what it raises.
         """
-        return self._route().read(fn, args, kwargs)
+        router = self._router
+        if router is None:  # fn's own sessions say that nothing is initialized
+            return fn(*args, **kwargs)
+        return router.read(fn, args, kwargs)
 
     def health_check(self) -> bool:
         """True when a round trip to the (primary) server succeeds; never raises."""

@@ -24,7 +24,7 @@ from playhouse.postgres_ext import PostgresqlExtDatabase
 from .errors import DRIVER_ERRORS
 from .forksafe import on_fork_in_child
 from .pool import ConnectionPool
-from .transactions import DRIVER, PoolerModes, ThreadState as _ThreadState
+from .transactions import DRIVER, PoolerModes, ThreadState
 
 
 class _SessionMark:
@@ -96,7 +96,7 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
                                     timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping,
                                     ping_after_idle=ping_after_idle)
         super().__init__(database, **kwargs)
-        self._state = _ThreadState()  # Peewee's per-thread state, plus the transaction mode
+        self._state = ThreadState()  # Peewee's per-thread state, plus the transaction mode
         # Peewee's connect() and close() hold this lock around _connect/_close. Our
         # _connect may wait up to `timeout` for a check-in, and a check-in needs
         # close(): under one lock that would deadlock until the timeout. What the
