@@ -2,37 +2,21 @@
 
 ``MARKETSTORE_DATABASE_URL`` (any libpq URL: ``sslmode`` and the other query
 parameters pass straight through to libpq), else libpq's ``PG*`` variables.
-Pool settings default to the original design: 10 kept, 20 overflow, 30 s wait,
-1 h recycle, pre-ping on. ``MARKETSTORE_POOLER=transaction`` when the URL is a
-PgBouncer in transaction mode; ``MARKETSTORE_REPLICA_URLS`` (comma-separated)
-and ``MARKETSTORE_MAX_REPLICA_LAG`` (seconds) for reads served by standbys.
+Every other setting is one field of :class:`Settings`, which states its
+environment variable, default and parser once (:func:`setting`); the
+README's Configuration table is tested against those fields.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import psycopg2.extensions
 
 from .errors import ConfigurationError
 
 URL_VAR = "MARKETSTORE_DATABASE_URL"
-
-# option name -> (environment variable, parser, default)
-_POOL_OPTIONS = {
-    "pool_size": ("MARKETSTORE_POOL_SIZE", "int>=1", 10),
-    "max_overflow": ("MARKETSTORE_MAX_OVERFLOW", "int>=0", 20),
-    "pool_timeout": ("MARKETSTORE_POOL_TIMEOUT", "float>=0", 30.0),
-    "pool_recycle": ("MARKETSTORE_POOL_RECYCLE", "float>=0", 3600.0),
-    "pool_pre_ping": ("MARKETSTORE_POOL_PRE_PING", "bool", True),
-    "statement_timeout": ("MARKETSTORE_STATEMENT_TIMEOUT", "int>=0", None),
-    "application_name": ("MARKETSTORE_APPLICATION_NAME", "str", "marketstore"),
-    # Scale-out (docs/SCALING.md): PgBouncer in transaction mode, read replicas.
-    "pooler": ("MARKETSTORE_POOLER", "pooler", None),
-    "replica_urls": ("MARKETSTORE_REPLICA_URLS", "urls", ()),
-    "max_replica_lag": ("MARKETSTORE_MAX_REPLICA_LAG", "float>=0.01", 1.0),
-}
 POOLERS = ("transaction",)
 
 # libpq environment variables we read when no URL is given.
@@ -50,47 +34,79 @@ _PG_VARS = {
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
+# A parser takes the name the user typed (the variable or the option, which
+# errors name) and the raw value, and returns the value or raises.
+Parser = Callable[[str, Any], Any]
 
-def _parse(name: str, kind: str, raw: Any) -> Any:
-    """Parse one option; ``name`` is what the user typed, so errors name it."""
-    if raw is None:
-        return None
-    if kind == "pooler":
-        text = raw.strip().lower() if isinstance(raw, str) else raw
-        if text in ("", "none"):
-            return None
-        if text not in POOLERS:
-            raise ConfigurationError(f"{name}={raw!r}: expected one of {', '.join(POOLERS)} (or unset)")
-        return text
-    if kind == "urls":
-        items = raw.split(",") if isinstance(raw, str) else raw
-        if isinstance(items, (bytes, dict)) or not hasattr(items, "__iter__"):
-            raise ConfigurationError(f"{name}: expected postgresql:// URLs (a list, or comma-separated)")
-        urls = tuple(u.strip() for u in items if not isinstance(u, str) or u.strip())
-        for number, url in enumerate(urls, 1):
-            parse_url(url, f"{name} #{number}")  # names the entry, never echoes it (a password)
-        return urls
-    if kind == "str":
-        if not isinstance(raw, str) or not raw.strip():
-            raise ConfigurationError(f"{name}={raw!r}: expected a non-empty string")
-        return raw
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise ConfigurationError(f"{name}={raw!r}: expected one of on/off, true/false, 1/0")
-    base, _, minimum = kind.partition(">=")
+
+def integer(minimum: int) -> Parser:
+    """A parser of whole numbers ``>= minimum``."""
+    def parse(name: str, raw: Any) -> int:
+        return _number(name, raw, int, minimum)
+    return parse
+
+
+def number(minimum: float) -> Parser:
+    """A parser of finite numbers ``>= minimum`` (returned as ``float``)."""
+    def parse(name: str, raw: Any) -> float:
+        return _number(name, raw, float, minimum)
+    return parse
+
+
+def _number(name: str, raw: Any, kind: type, minimum: float):
     try:
         if isinstance(raw, bool):
             raise ValueError
-        value = int(str(raw).strip()) if base == "int" else float(str(raw).strip())
+        value = kind(str(raw).strip())
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r}: expected a number ({base})") from None
-    if value != value or value in (float("inf"), float("-inf")) or value < float(minimum):
+        raise ConfigurationError(f"{name}={raw!r}: expected a number ({kind.__name__})") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < minimum:
         raise ConfigurationError(f"{name}={raw!r}: expected a finite number >= {minimum}")
     return value
+
+
+def boolean(name: str, raw: Any) -> bool:
+    """on/off, true/false, yes/no, 1/0 (any case), or a ``bool``."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigurationError(f"{name}={raw!r}: expected one of on/off, true/false, 1/0")
+
+
+def text(name: str, raw: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigurationError(f"{name}={raw!r}: expected a non-empty string")
+    return raw
+
+
+def pooler(name: str, raw: Any) -> str | None:
+    """One of :data:`POOLERS` (any case), or ``None`` for none."""
+    value = raw.strip().lower() if isinstance(raw, str) else raw
+    if value in ("", "none"):
+        return None
+    if value not in POOLERS:
+        raise ConfigurationError(f"{name}={raw!r}: expected one of {', '.join(POOLERS)} (or unset)")
+    return value
+
+
+def urls(name: str, raw: Any) -> tuple[str, ...]:
+    """postgresql:// URLs: a list, or one comma-separated string; each must parse."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if isinstance(items, (bytes, dict)) or not hasattr(items, "__iter__"):
+        raise ConfigurationError(f"{name}: expected postgresql:// URLs (a list, or comma-separated)")
+    found = tuple(u.strip() for u in items if not isinstance(u, str) or u.strip())
+    for position, url in enumerate(found, 1):
+        parse_url(url, f"{name} #{position}")  # names the entry, never echoes it (a password)
+    return found
+
+
+def setting(variable: str, parse: Parser, default: Any, *, libpq: str | None = None):
+    """A field of :class:`Settings` read from ``variable`` (and, unset, from libpq's
+    ``libpq`` variable) with ``parse``; ``default`` when neither is set."""
+    return field(default=default, metadata={"variable": variable, "parse": parse, "libpq": libpq})
 
 
 @dataclass(frozen=True)
@@ -98,16 +114,26 @@ class Settings:
     """Validated connection and pool settings. ``repr`` never shows the password."""
 
     connect_params: Mapping[str, str] = field(default_factory=dict)
-    pool_size: int = 10
-    max_overflow: int = 20
-    pool_timeout: float = 30.0
-    pool_recycle: float = 3600.0
-    pool_pre_ping: bool = True
-    statement_timeout: int | None = None
-    application_name: str = "marketstore"
-    pooler: str | None = None
-    replica_urls: tuple[str, ...] = ()
-    max_replica_lag: float = 1.0
+    pool_size: int = setting("MARKETSTORE_POOL_SIZE", integer(1), 10)
+    max_overflow: int = setting("MARKETSTORE_MAX_OVERFLOW", integer(0), 20)
+    pool_timeout: float = setting("MARKETSTORE_POOL_TIMEOUT", number(0), 30.0)
+    pool_recycle: float = setting("MARKETSTORE_POOL_RECYCLE", number(0), 3600.0)
+    pool_pre_ping: bool = setting("MARKETSTORE_POOL_PRE_PING", boolean, True)
+    statement_timeout: int | None = setting("MARKETSTORE_STATEMENT_TIMEOUT", integer(0), None)
+    application_name: str = setting("MARKETSTORE_APPLICATION_NAME", text, "marketstore")
+    # Seconds per host address tried: libpq waits for the OS otherwise (minutes
+    # for a black-holed host). A connect_timeout in the URL wins over it.
+    connect_timeout: int = setting("MARKETSTORE_CONNECT_TIMEOUT", integer(1), 10, libpq="PGCONNECT_TIMEOUT")
+    # Scale-out (docs/SCALING.md): PgBouncer in transaction mode, read replicas.
+    pooler: str | None = setting("MARKETSTORE_POOLER", pooler, None)
+    replica_urls: tuple[str, ...] = setting("MARKETSTORE_REPLICA_URLS", urls, ())
+    max_replica_lag: float = setting("MARKETSTORE_MAX_REPLICA_LAG", number(0.01), 1.0)
+    # The libpq parameters of each replica URL, in order: parsed once, by load_settings().
+    replica_params: tuple[Mapping[str, str], ...] = field(default=(), repr=False)
+
+    def __post_init__(self):
+        if len(self.replica_params) != len(self.replica_urls):  # built directly, not by load_settings()
+            object.__setattr__(self, "replica_params", tuple(parse_url(u) for u in self.replica_urls))
 
     @property
     def max_connections(self) -> int:
@@ -124,21 +150,30 @@ class Settings:
 
     def replica_safe_urls(self) -> list[str]:
         """The replicas' targets, passwords masked."""
-        return [safe_url(parse_url(url)) for url in self.replica_urls]
+        return [safe_url(params) for params in self.replica_params]
+
+    def replicas(self) -> list["Settings"]:
+        """These settings (pool limits, pooler, timeouts) for each replica, in order."""
+        return [replace(self, connect_params=params, replica_urls=(), replica_params=())
+                for params in self.replica_params]
 
     def for_replica(self, url: str) -> "Settings":
-        """These settings (pool limits, pooler, timeouts) for the replica at ``url``."""
-        return replace(self, connect_params=parse_url(url), replica_urls=())
+        """These settings for the replica at ``url`` (one of :attr:`replica_urls`)."""
+        return self.replicas()[self.replica_urls.index(url)]
 
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
-            if f.name not in ("connect_params", "replica_urls")
+            if f.name not in ("connect_params", "replica_urls", "replica_params")
         )
         replicas = f", replicas={self.replica_safe_urls()!r}" if self.replica_urls else ""
         return f"Settings(url={self.safe_url()!r}, {shown}{replicas})"
 
     __str__ = __repr__
+
+
+SETTINGS = tuple(f for f in fields(Settings) if "variable" in f.metadata)
+"""The fields of :class:`Settings` read from the environment (or given as options), in order."""
 
 
 def safe_url(params: Mapping[str, str]) -> str:
@@ -167,7 +202,7 @@ def parse_url(url: str, name: str = URL_VAR) -> dict[str, str]:
         # included, and would otherwise travel along as __context__.
         raise ConfigurationError(f"{name}: not a valid libpq URL")
     if "port" in params:
-        _parse(f"{name} port", "int>=1", params["port"])
+        integer(1)(f"{name} port", params["port"])
     return params
 
 
@@ -184,35 +219,40 @@ def load_settings(url: str | None = None, environ: Mapping[str, str] | None = No
     including when no server is configured at all.
     """
     env = os.environ if environ is None else environ
-    unknown = set(options) - set(_POOL_OPTIONS)
+    names = {f.name for f in SETTINGS}
+    unknown = set(options) - names
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {sorted(unknown)}: expected {sorted(_POOL_OPTIONS)}")
+        raise ConfigurationError(f"unknown option(s) {sorted(unknown)}: expected {sorted(names)}")
     url = url or env.get(URL_VAR)
     if url:
         params = parse_url(url)
     elif is_configured(env):
         params = {key: env[var] for var, key in _PG_VARS.items() if env.get(var)}
         if "port" in params:
-            _parse("PGPORT", "int>=1", params["port"])
+            integer(1)("PGPORT", params["port"])
     else:
         raise ConfigurationError(
             f"no database configured: set {URL_VAR} (or PGHOST/PGDATABASE), "
             "or use the embedded server (marketstore[embedded])"
         )
     values = {}
-    for name, (var, kind, default) in _POOL_OPTIONS.items():
+    for setting_field in SETTINGS:
+        name, meta = setting_field.name, setting_field.metadata
+        parse, variable, libpq = meta["parse"], meta["variable"], meta["libpq"]
         if name in options:
-            values[name] = _parse(name, kind, options[name])
-        elif env.get(var) not in (None, ""):
-            values[name] = _parse(var, kind, env[var])
+            values[name] = None if options[name] is None else parse(name, options[name])
+        elif env.get(variable) not in (None, ""):
+            values[name] = parse(variable, env[variable])
+        elif libpq and env.get(libpq) not in (None, ""):
+            values[name] = parse(libpq, env[libpq])
         else:
-            values[name] = default
+            values[name] = setting_field.default
+    replica_params = tuple(parse_url(u, f"replica URL #{n}") for n, u in enumerate(values["replica_urls"], 1))
     if values["pooler"]:
         # PgBouncer refuses the startup packet outright ("unsupported startup parameter").
-        for where, given in [("the URL", params)] + [(f"replica URL #{n}", parse_url(u))
-                                                      for n, u in enumerate(values["replica_urls"], 1)]:
+        for where, given in [("the URL", params)] + [(f"replica URL #{n}", p)
+                                                      for n, p in enumerate(replica_params, 1)]:
             if "options" in given:
                 raise ConfigurationError(f"options (in {where}): not allowed with pooler='transaction'; "
                                          "PgBouncer refuses it at connect")
-    return Settings(connect_params=params, **values)
-
+    return Settings(connect_params=params, replica_params=replica_params, **values)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 import threading
 import time
 
 from .config import Settings, load_settings
-from .database import PooledPostgresqlExtDatabase, database_proxy
-from .replicas import ReplicaSet
+from .database import PooledPostgresqlExtDatabase, database_proxy, sessions
+from .replicas import LagSampler
+from .routing import PrimaryRouter, ReplicaRouter
 from .errors import (
     DRIVER_ERRORS,
     DatabaseConnectionError,
@@ -38,7 +38,7 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = "10"  # seconds, per host address tried
+CONNECT_TIMEOUT = str(Settings.connect_timeout)  # the default, seconds per host address tried
 # Probe an idle TCP connection after 60 s, every 10 s, give up after 5 misses: a
 # vanished server or NAT entry is found in under 2 minutes, not the OS's 2 hours.
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}
@@ -65,9 +65,8 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     params.setdefault("application_name", settings.application_name)
     # libpq waits for the OS otherwise: minutes for a connect to a black-holed
     # host, hours before a dead peer of an idle pooled connection is noticed.
-    # The caller's URL or PGCONNECT_TIMEOUT wins; keepalives apply to TCP only.
-    if not os.environ.get("PGCONNECT_TIMEOUT"):
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    # The URL's own values win; keepalives apply to TCP only.
+    params.setdefault("connect_timeout", str(settings.connect_timeout))
     for name, value in TCP_KEEPALIVES.items():
         params.setdefault(name, value)
     return PooledPostgresqlExtDatabase(
@@ -80,11 +79,12 @@ class Session:
     """``with connection.session() as db:`` -- see :meth:`DatabaseConnection.session`.
 
     A class rather than a generator-based context manager: it is entered and
-    left once per transaction, on the hot path of every repository call.
+    left once per transaction, on the hot path of every repository call. Where
+    it runs is its connection's router's decision (:mod:`marketstore.routing`).
     """
 
-    __slots__ = ("_connection", "_operation", "_model", "_read_only", "_route", "_db", "_started", "_atomic",
-                 "_replicas", "_served")
+    __slots__ = ("_connection", "_operation", "_model", "_read_only", "_route", "_router", "_db", "_started",
+                 "_atomic")
 
     def __init__(self, connection: "DatabaseConnection", operation: str, model: str, read_only: bool = False,
                  *, route: bool = True):
@@ -93,62 +93,31 @@ class Session:
         self._read_only, self._route = read_only, route
 
     def __enter__(self) -> PooledPostgresqlExtDatabase:
-        connection = self._connection
-        db = connection.database
-        replicas = self._replicas = connection._replicas
+        router = self._router = self._connection._route()
         self._started = time.perf_counter()
-        self._served = None
-        if replicas is not None:
-            joined = replicas.session_db()
-            if joined is not None:  # inside this thread's session on a replica: join it
-                db = joined
-            elif db.is_closed() and self._route and (self._read_only or replicas.read_mode() is not None):
-                self._db = db = self._open_read(db, replicas)
-                return db
-        self._db = db
-        # The models' database_proxy is this database until the block ends.
-        database_proxy.push(db)
-        try:
-            if db.is_closed():
-                # Outermost: the driver's own BEGIN/COMMIT (the fast path of
-                # PooledPostgresqlExtDatabase.open_transaction).
-                self._atomic = None
-                db.open_transaction(self._read_only)
-            else:
-                # Nested, or inside plain Peewee use of the thread's connection:
-                # atomic() makes a savepoint, or a transaction if none is open.
-                atomic = self._atomic = db.atomic()
-                atomic.__enter__()
-        except BaseException as exc:
-            database_proxy.pop()
-            self._reraise(exc)
-        return db
-
-    def _open_read(self, primary: PooledPostgresqlExtDatabase, replicas: ReplicaSet) -> PooledPostgresqlExtDatabase:
-        """Open an outermost read-only transaction: on a replica within the lag bound, else the primary."""
-        self._read_only, self._atomic = True, None
-        replica = None if replicas.read_mode() == "primary" else replicas.pick()
-        if replica is not None:
-            database_proxy.push(replica)
+        db = router.enter(self._read_only, self._route)
+        stack = sessions.stack
+        while True:
+            self._db = db
+            # The models' database_proxy is this database until the block ends.
+            stack.append(db)
             try:
-                replica.open_transaction(True)
+                if db.is_closed():
+                    # Outermost: a transaction of PooledPostgresqlExtDatabase's fast path.
+                    self._atomic = None
+                    db.open_transaction(self._read_only)
+                else:
+                    # Nested, or inside plain Peewee use of the thread's connection:
+                    # atomic() makes a savepoint, or a transaction if none is open.
+                    atomic = self._atomic = db.atomic()
+                    atomic.__enter__()
+                return db
             except BaseException as exc:
-                database_proxy.pop()
-                if not isinstance(exc, DRIVER_ERRORS):
-                    raise
-                if not isinstance(exc, PoolExhaustedError):  # busy is not down
-                    replicas.failed(replica, exc)
-            else:
-                replicas.open_session(replica)
-                self._served = replica
-                return replica
-        database_proxy.push(primary)
-        try:
-            primary.open_transaction(True)
-        except BaseException as exc:
-            database_proxy.pop()
-            self._reraise(exc)
-        return primary
+                stack.pop()
+                instead = router.refused(db, exc)
+                if instead is None:
+                    self._reraise(exc)
+                db = instead
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         db = self._db
@@ -162,15 +131,9 @@ class Session:
         except BaseException as failure:  # COMMIT failed: the server rolled back
             self._reraise(failure)
         finally:
-            database_proxy.pop()
-            replicas = self._replicas
-            if replicas is not None and self._atomic is None:
-                if self._served is not None:
-                    replicas.close_session()
-                    if exc is not None and is_connection_lost(exc):
-                        replicas.failed(db, exc)
-                elif not self._read_only:  # it may have written: later reads must see it
-                    replicas.wrote()
+            sessions.stack.pop()
+            if self._atomic is None:
+                self._router.leave(db, not self._read_only, exc)
         if exc is not None:
             error = self._translated(exc)
             if error is not None:
@@ -194,10 +157,8 @@ class Session:
             return None
         if isinstance(exc, DRIVER_ERRORS):
             error = translate(exc, f"{self._operation} {self._model}".strip())
-            # A routed read whose replica broke is run again on the primary
-            # (DatabaseConnection.read): the replica's warning is the one log line.
-            if not (self._served is not None and self._replicas.read_mode() is not None
-                    and isinstance(error, DatabaseConnectionError)):
+            # A read the router runs again elsewhere: its warning is the one log line.
+            if not self._router.reruns(self._db, error):
                 _log_once(error, self._operation, self._model, self._started)
             return error
         return None
@@ -222,7 +183,7 @@ class DatabaseConnection:
 
     def __init__(self) -> None:
         self._db: PooledPostgresqlExtDatabase | None = None
-        self._replicas: ReplicaSet | None = None
+        self._router: PrimaryRouter | None = None
         self.settings: Settings | None = None
         self._lock = threading.Lock()
 
@@ -235,19 +196,22 @@ class DatabaseConnection:
         """
         settings = load_settings(url, **options)
         self._refuse_inside_transaction("initialize")
-        replicas = None
+        db = _database(settings)
         if settings.replica_urls:
-            replicas = ReplicaSet(settings, [_database(settings.for_replica(url)) for url in settings.replica_urls])
+            sampler = LagSampler(settings, [(replica, _database(replica)) for replica in settings.replicas()])
+            router = ReplicaRouter(db, sampler)
+        else:
+            router = PrimaryRouter(db)
         with self._lock:
-            old, self._db = self._db, _database(settings)
-            old_replicas, self._replicas = self._replicas, replicas
+            old, self._db = self._db, db
+            old_router, self._router = self._router, router
             self.settings = settings
             if self is db_connection:  # the default serves queries outside any session
                 database_proxy.initialize(self._db)
         if old is not None:
             old.close_all()
-        if old_replicas is not None:
-            old_replicas.close()
+        if old_router is not None:
+            old_router.close()
         logger.info("database configured: %r", settings)
         return self
 
@@ -257,6 +221,12 @@ class DatabaseConnection:
         if db is None:
             raise DatabaseConnectionError("database not initialized: call initialize_database() first")
         return db
+
+    def _route(self) -> PrimaryRouter:
+        router = self._router
+        if router is None:
+            raise DatabaseConnectionError("database not initialized: call initialize_database() first")
+        return router
 
     @property
     def is_initialized(self) -> bool:
@@ -281,10 +251,8 @@ class DatabaseConnection:
 
     def in_transaction(self) -> bool:
         """True when this thread has a transaction open on this connection's database (or a replica's)."""
-        db, replicas = self._db, self._replicas
-        if replicas is not None and replicas.session_db() is not None:
-            return True
-        return db is not None and not db.is_closed() and db.in_transaction()
+        router = self._router
+        return router is not None and router.in_session()
 
     def read(self, fn, /, *args, **kwargs):
         """``fn(*args, **kwargs)``, a read made of sessions of this connection, served by a replica.
@@ -296,21 +264,10 @@ class DatabaseConnection:
         ``fn`` joins it; without replicas it simply runs. Returns what ``fn``
         returns; raises what it raises.
         """
-        replicas = self._replicas
-        if replicas is None or replicas.read_mode() is not None or self.in_transaction():
+        router = self._router
+        if router is None:  # fn's own sessions say that nothing is initialized
             return fn(*args, **kwargs)
-        replicas.begin_read()
-        try:
-            return fn(*args, **kwargs)
-        except DatabaseConnectionError as exc:
-            served = replicas.served()
-            if served is None or isinstance(exc, PoolExhaustedError):
-                raise
-            replicas.failed(served, exc)
-            replicas.begin_read(primary=True)
-            return fn(*args, **kwargs)
-        finally:
-            replicas.end_read()
+        return router.read(fn, args, kwargs)
 
     def health_check(self) -> bool:
         """True when a round trip to the (primary) server succeeds; never raises."""
@@ -327,10 +284,11 @@ class DatabaseConnection:
         before initialization), and ``'replicas'``: one dict per replica, ``{'url'`` (no
         password), ``'in_use', 'idle', 'healthy', 'lag_seconds'}`` (``None`` when unknown).
         """
-        db, replicas = self._db, self._replicas
+        db, router = self._db, self._router
         if db is None:
             return {"max_connections": 0, "pool_size": 0, "in_use": 0, "idle": 0, "replicas": []}
-        return {**db.status(), "replicas": replicas.status() if replicas is not None else []}
+        sampler = getattr(router, "sampler", None)
+        return {**db.status(), "replicas": sampler.status() if sampler is not None else []}
 
     def close(self) -> None:
         """Close every pooled connection; the next session needs ``initialize()`` again.
@@ -341,13 +299,13 @@ class DatabaseConnection:
         self._refuse_inside_transaction("close")
         with self._lock:
             db, self._db = self._db, None
-            replicas, self._replicas = self._replicas, None
+            router, self._router = self._router, None
             if self is db_connection and db is not None:
                 database_proxy.initialize(None)
         if db is not None:
             db.close_all()
-        if replicas is not None:
-            replicas.close()
+        if router is not None:
+            router.close()
 
     def _refuse_inside_transaction(self, operation: str) -> None:
         # Checked before anything changes: the pool would refuse to close this

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
-import weakref
 
 import peewee
 from playhouse.postgres_ext import PostgresqlExtDatabase
 
 from .errors import DRIVER_ERRORS
+from .forksafe import on_fork_in_child
 from .pool import ConnectionPool
+from .transactions import DRIVER, PoolerModes, ThreadState
 
 
 class _SessionMark:
@@ -90,12 +90,13 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
                  timeout: float | None = None, *, pool_size: int | None = None, pre_ping: bool = True,
                  ping_after_idle: float | None = 0.0, transaction_settings: dict | None = None, **kwargs):
         # Before super().__init__, which calls init().
-        self._begin_sql = _begin_statements(transaction_settings)
+        self._pooler_modes = None if transaction_settings is None else PoolerModes(transaction_settings)
         self._pool = ConnectionPool(functools.partial(PostgresqlExtDatabase._connect, self),
                                     max_connections=max_connections, pool_size=pool_size,
                                     timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping,
                                     ping_after_idle=ping_after_idle)
         super().__init__(database, **kwargs)
+        self._state = ThreadState()  # Peewee's per-thread state, plus the transaction mode
         # Peewee's connect() and close() hold this lock around _connect/_close. Our
         # _connect may wait up to `timeout` for a check-in, and a check-in needs
         # close(): under one lock that would deadlock until the timeout. What the
@@ -106,7 +107,7 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         # makes a savepoint; its commit()/rollback() call ours. It holds no state of
         # its own, so one serves every session of every thread.
         self._session_transaction = self.transaction()
-        _DATABASES.add(self)
+        on_fork_in_child(self._forget_connection)
 
     def init(self, database, max_connections=None, stale_timeout=None, timeout=None, *,
              pool_size=None, pre_ping=None, ping_after_idle=None, **kwargs):
@@ -169,15 +170,18 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""
         return self._pool.status()
 
+    def _forget_connection(self) -> None:
+        # In a child after fork(): the forking thread's open connection is the
+        # parent's (the pool forgets its own connections itself).
+        self._state.reset()
+
     # -- the session fast path (the one override of Peewee's transactions) ------
-    # DatabaseConnection.session() lets psycopg2 run the outermost transaction
-    # (autocommit off: BEGIN goes with the first statement, COMMIT/ROLLBACK are
-    # C calls) instead of atomic(), whose transaction objects and statements sent
-    # through new cursors were about half the client time of a short transaction
-    # (bench/RESULTS.md, "Sessions"). A transaction object is pushed (never
-    # entered), so atomic() inside makes a savepoint and in_transaction() is
-    # true. A COMMIT or ROLLBACK sent as SQL would leave psycopg2 believing one
-    # is still open, so begin/commit/rollback call the driver's while it does.
+    # DatabaseConnection.session() opens the outermost transaction in a mode of
+    # marketstore.transactions (the driver's, or SQL behind a pooler) instead of
+    # atomic(), whose transaction objects and statements sent through new
+    # cursors were about half the client time of a short transaction. A
+    # transaction object is pushed (never entered), so atomic() inside makes a
+    # savepoint and in_transaction() is true.
     def open_transaction(self, read_only: bool = False) -> None:
         """Check a connection out for this thread and start a transaction on it.
 
@@ -195,31 +199,10 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
             state.set_connection(conn)
             if self.server_version is None:  # first connection only
                 self._set_server_version(conn)
-            begin = self._begin_sql
-            if begin is not None:
-                # Behind a transaction pooler. PgBouncer keeps a client's TimeZone
-                # (a tracked parameter) on every server connection it lends it, so
-                # a connection that reports UTC needs no SET LOCAL for it; with
-                # nothing to set, the driver's BEGIN below serves (measured: 6 us
-                # of client CPU less per transaction than SQL BEGIN/COMMIT).
-                begin = begin[bool(read_only), conn.get_parameter_status("TimeZone") in _UTC_NAMES]
-            if begin is None:
-                # Switched only when the mode changes: the switch is cheap but
-                # psycopg2 takes its connection lock without the GIL, and under
-                # contention each release of the GIL costs a thread handoff.
-                if conn.autocommit:
-                    conn.autocommit = False
-                # psycopg2 then sends BEGIN READ ONLY: no round trip of its own.
-                if conn.readonly is not (read_only or None):
-                    conn.readonly = read_only or None
-            else:
-                # BEGIN and the SET LOCALs in one round trip (as many as psycopg2's
-                # own BEGIN) on an autocommit connection; COMMIT/ROLLBACK as SQL too.
-                if not conn.autocommit:
-                    conn.autocommit = True
-                with conn.cursor() as cursor:
-                    cursor.execute(begin)
-            state.sql_begin = begin
+            pooler = self._pooler_modes
+            mode = DRIVER if pooler is None else pooler.choose(conn, read_only)
+            mode.open(conn, read_only)
+            state.mode = mode
             state.ctx.append(_SESSION)
             state.transactions.append(self._session_transaction)
         except BaseException:
@@ -242,90 +225,36 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         conn = state.conn
         if conn is None:  # open_transaction() failed: nothing checked out
             return
+        mode = state.mode
         # Emptied before COMMIT (Peewee 4 pops its transaction first too), so
         # after_commit callbacks run outside the transaction.
         del state.transactions[:]
-        sql = getattr(state, "sql_begin", None) is not None
-        state.sql_begin = None
         try:
             if commit:
-                if sql:
-                    with conn.cursor() as cursor:
-                        cursor.execute("COMMIT")
-                else:
-                    conn.commit()
+                mode.end(conn, commit=True)
                 if _COMMIT_CALLBACKS:
                     self._run_commit_callbacks()
             elif not broken:
                 try:
-                    if sql:
-                        with conn.cursor() as cursor:
-                            cursor.execute("ROLLBACK")
-                    else:
-                        conn.rollback()
+                    mode.end(conn, commit=False)
                 except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
                     broken = True
         finally:
             state.reset()
             self._pool.checkin(conn, discard=broken)
 
-    def _sql_session(self) -> str | None:
-        """The BEGIN statement of this thread's session behind a pooler, else ``None``."""
-        state = self._state
-        if state.conn is None or not state.transactions:
-            return None
-        return getattr(state, "sql_begin", None)
-
-    def _driver_transaction(self) -> bool:
-        conn = self._state.conn
-        return conn is not None and not conn.autocommit
-
+    # Peewee's transaction hooks, as the mode of this thread's transaction has them.
     def begin(self, *args, **kwargs) -> None:
-        """``BEGIN``; inside a session a no-op (psycopg2 begins with the next statement)."""
-        if not self._driver_transaction() and self._sql_session() is None:
-            super().begin(*args, **kwargs)
+        """``BEGIN``; inside a session a no-op (the session's transaction is open)."""
+        self._state.mode.begin(self, *args, **kwargs)
 
     def commit(self) -> None:
         """``COMMIT``; inside a session: of the work so far, and the session goes on in a new transaction."""
-        begin = self._sql_session()
-        if begin is not None:  # the new transaction gets the session's settings again
-            self.execute_sql("COMMIT; " + begin)
-        elif self._driver_transaction():
-            with peewee.__exception_wrapper__:
-                self._state.conn.commit()
-        else:
-            super().commit()
+        self._state.mode.commit(self)
 
     def rollback(self) -> None:
         """``ROLLBACK``; inside a session: of the work so far, and the session goes on in a new transaction."""
-        begin = self._sql_session()
-        if begin is not None:
-            self.execute_sql("ROLLBACK; " + begin)
-        elif self._driver_transaction():
-            with peewee.__exception_wrapper__:
-                self._state.conn.rollback()
-        else:
-            super().rollback()
-
-
-_UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
-
-
-def _begin_statements(settings: dict | None) -> dict | None:
-    """``{(read_only, utc_already): statement}``: ``BEGIN [READ ONLY]`` with a ``SET LOCAL``
-    per setting (the time zone left out when the connection is in UTC already), or ``None``
-    where nothing is left to set; ``None`` without settings."""
-    if settings is None:
-        return None
-    statements = {}
-    for read_only in (False, True):
-        for utc in (False, True):
-            sets = "".join(f"; SET LOCAL {name} = '{str(value).replace(chr(39), chr(39) * 2)}'"
-                           for name, value in settings.items()
-                           if not (utc and name == "timezone" and value in _UTC_NAMES))
-            # Nothing to set: None, the driver's own BEGIN (open_transaction).
-            statements[read_only, utc] = (("BEGIN READ ONLY" if read_only else "BEGIN") + sets) if sets else None
-    return statements
+        self._state.mode.rollback(self)
 
 
 def _wait(timeout: float | None) -> float:
@@ -335,24 +264,22 @@ def _wait(timeout: float | None) -> float:
     return float("inf") if timeout == 0 else float(timeout)
 
 
-_DATABASES: "weakref.WeakSet[PooledPostgresqlExtDatabase]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The forking thread's open connection belongs to the parent: forget it
-    # (the pools themselves reset in marketstore.pool).
-    for db in list(_DATABASES):
-        db._state.reset()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 # -- database_proxy -----------------------------------------------------------
-class _Route(threading.local):
+class SessionStack(threading.local):
+    """This thread's open sessions, the one per-thread record of them (:data:`sessions`).
+
+    ``stack``: the database of each open session, innermost last (what
+    :data:`database_proxy` resolves to). ``reads``: ``(router, mode)`` of each
+    routed read in progress (:meth:`marketstore.routing.ReplicaRouter.read`),
+    innermost last.
+    """
+
     def __init__(self):
         self.stack: list = []
+        self.reads: list = []
+
+
+sessions = SessionStack()
 
 
 class RoutingDatabaseProxy(peewee.DatabaseProxy):
@@ -362,7 +289,7 @@ class RoutingDatabaseProxy(peewee.DatabaseProxy):
     __slots__ = ("_bound", "_route")
 
     def __init__(self):
-        object.__setattr__(self, "_route", _Route())
+        object.__setattr__(self, "_route", sessions)
         super().__init__()
 
     def __setattr__(self, name, value):

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from typing import Any, Callable
 
 from psycopg2.extensions import POLL_OK, TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_UNKNOWN
 
 from .errors import DRIVER_ERRORS, PoolExhaustedError
+from .forksafe import on_fork_in_child
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class ConnectionPool:
         self.recycle = recycle
         self.pre_ping = pre_ping
         self.ping_after_idle = ping_after_idle
-        _POOLS.add(self)
+        on_fork_in_child(self.dispose)
 
     def configure(self, *, max_connections=None, pool_size=None, timeout=None, recycle=None,
                   pre_ping=None, ping_after_idle=None) -> None:
@@ -281,17 +280,3 @@ class ConnectionPool:
             return {"max_connections": self.max_connections, "pool_size": self.pool_size,
                     "in_use": len(self._busy) + self._opening, "idle": len(self._idle)}
 
-
-_POOLS: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Preforking servers (gunicorn, uvicorn workers) fork after the parent may
-    # have used the pool: a child reusing those sockets would interleave its
-    # protocol messages with the parent's on one server session.
-    for pool in list(_POOLS):
-        pool.dispose()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

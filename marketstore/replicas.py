@@ -1,6 +1,6 @@
-"""Read replicas: which standby may serve a read now, decided without a round trip.
+"""The lag sampler of read replicas: which standby may serve a read now, decided without a round trip.
 
-A :class:`ReplicaSet` holds one pooled database per standby and a sampler: one
+A :class:`LagSampler` holds one pooled database per standby and samples them: one
 daemon thread per server that, every ``max_replica_lag / 4`` seconds (50 ms to
 1 s), reads the primary's ``pg_current_wal_lsn()`` (kept as a short history of
 ``(monotonic time, lsn)``) and each standby's ``pg_last_wal_replay_lsn()``,
@@ -12,7 +12,7 @@ max_replica_lag``: replay only moves forward, so it then holds every
 transaction the primary had committed ``max_replica_lag`` seconds ago. (Not
 ``now() - pg_last_xact_replay_timestamp()``: that grows on an idle primary.)
 Read-your-writes: a session that may have written moves that horizon up to the
-time its COMMIT returned (:meth:`ReplicaSet.wrote`); a primary sample taken
+time its COMMIT returned (:meth:`LagSampler.wrote`); a primary sample taken
 after it is at or past its commit record (a commit is flushed before COMMIT
 returns, with the default ``synchronous_commit``), so until the sampler has
 seen a standby replay that far, reads go to the primary. With no fresh sample
@@ -23,15 +23,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import os
 import threading
 import time
-import weakref
 
 import psycopg2
 
 from .config import Settings, safe_url
 from .errors import DRIVER_ERRORS
+from .forksafe import on_fork_in_child
 
 logger = logging.getLogger(__name__)
 
@@ -68,44 +67,34 @@ class _Server:
         self.sampled_at: float | None = None
 
 
-class _ThreadState(threading.local):
-    """Per thread: the replica database of the open session, the routed-read mode, the last replica used."""
+class LagSampler:
+    """The standbys of one :class:`~marketstore.connection.DatabaseConnection`, sampled.
 
-    # Class attributes as defaults: a missing attribute of a threading.local
-    # would cost an AttributeError per lookup on the hot path.
-    db = None
-    mode: str | None = None
-    served = None
-
-
-class ReplicaSet:
-    """The standbys of one :class:`~marketstore.connection.DatabaseConnection` and their sampler.
-
-    ``databases``: one pooled database per replica URL of ``settings``, in order.
-    Thread-safe; the sampler starts with the first :meth:`pick` (nothing
-    connects before), and again in a child process after ``fork()``.
+    ``replicas``: ``(settings, pooled database)`` of each replica, in order.
+    Which one a session uses is :mod:`marketstore.routing`'s decision; this
+    says which may serve (:meth:`pick`) and keeps their health. Thread-safe;
+    the sampling threads start with the first :meth:`pick` (nothing connects
+    before), and again in a child process after ``fork()``.
     """
 
-    def __init__(self, settings: Settings, databases: list):
+    def __init__(self, settings: Settings, replicas: list):
         self.max_lag = settings.max_replica_lag
         self.interval = sample_interval(self.max_lag)
         # Long enough for lag_seconds to say how far behind a paused standby is.
         self._window = max(30.0, 10 * self.max_lag)
         self._primary = _Server(settings)
-        self.replicas = [_Server(settings.for_replica(url), db)
-                         for url, db in zip(settings.replica_urls, databases)]
+        self.replicas = [_Server(replica, db) for replica, db in replicas]
         self._history: tuple[tuple, tuple] = ((), ())  # (times, lsns), replaced whole (lock-free reads)
         self._last_write = float("-inf")
         self._turn = itertools.count()
-        self._local = _ThreadState()
         self._lock = threading.Lock()
         self._health_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
-        _SETS.add(self)
+        on_fork_in_child(self._after_fork)
 
-    # -- routing (the hot path: no round trip, no lock) ---------------------------
+    # -- eligibility (on the routed read's path: no round trip, no lock) ----------
     def pick(self):
         """A replica's database that may serve a read now, or ``None`` (the primary serves)."""
         if not self._running:
@@ -128,34 +117,6 @@ class ReplicaSet:
     def wrote(self) -> None:
         """A session that may have written has ended on the primary: later reads must see it."""
         self._last_write = time.monotonic()
-
-    def open_session(self, db) -> None:
-        """This thread's session on ``db`` (a replica's database) has begun."""
-        local = self._local
-        local.db = local.served = db
-
-    def close_session(self) -> None:
-        self._local.db = None
-
-    def read_mode(self) -> str | None:
-        """``"replica"`` or ``"primary"`` inside :meth:`begin_read`/:meth:`end_read` in this thread, else ``None``."""
-        return self._local.mode
-
-    def begin_read(self, primary: bool = False) -> None:
-        """Sessions opened outermost in this thread are routed reads (``primary``: on the primary) until :meth:`end_read`."""
-        local = self._local
-        local.mode, local.served = ("primary" if primary else "replica"), None
-
-    def end_read(self) -> None:
-        self._local.mode = None
-
-    def served(self):
-        """The replica database that served this thread's last routed session, or ``None``."""
-        return self._local.served
-
-    def session_db(self):
-        """The replica database of this thread's open session, or ``None``."""
-        return self._local.db
 
     def failed(self, db, exc: BaseException) -> None:
         """A session could not be served by the replica of ``db``: left out until a sample succeeds."""
@@ -274,7 +235,6 @@ class ReplicaSet:
         self._lock, self._health_lock = threading.Lock(), threading.Lock()
         self._stop = threading.Event()
         self._threads, self._running = [], False
-        self._local = _ThreadState()
 
 
 def _close(conn) -> None:
@@ -283,16 +243,3 @@ def _close(conn) -> None:
     except DRIVER_ERRORS:
         logger.debug("closing a sampler connection failed", exc_info=True)
 
-
-_SETS: "weakref.WeakSet[ReplicaSet]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's sampler connections stay referenced by its vanished threads'
-    # frames, never closed here: closing would end the parent's server sessions.
-    for replica_set in list(_SETS):
-        replica_set._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

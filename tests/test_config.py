@@ -1,13 +1,16 @@
 """Settings: parsed from a mapping (never the real environment) and validated once."""
 from __future__ import annotations
 
+import re
 import traceback
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
 import marketstore
 from marketstore import ConfigurationError, Settings, load_settings
+from marketstore.config import SETTINGS
 
 URL = "postgresql://alice:s3cr3t-pw@db.example:6543/market"
 BASE = {"MARKETSTORE_DATABASE_URL": URL}
@@ -227,3 +230,68 @@ def test_settings_are_immutable():
     settings = load_settings(environ=BASE)
     with pytest.raises(AttributeError):
         settings.pool_size = 99  # type: ignore[misc]
+
+
+# -- the settings table and the README ------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# Rows of the README's table that are not fields of Settings.
+NOT_SETTINGS = {"MARKETSTORE_DATABASE_URL", "MARKETSTORE_EMBEDDED_DIR"}
+
+
+def readme_configuration_rows() -> dict[str, str]:
+    """``{variable: default as written}`` from the table under README's "## Configuration"."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        match = re.match(r"\| `(MARKETSTORE_[A-Z_]+)` \| ([^|]+) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+    return rows
+
+
+def shown(default) -> set[str]:
+    """How the README may write ``default``."""
+    if default is None or default == ():
+        return {"unset", "off"}
+    if isinstance(default, bool):
+        return {"on" if default else "off"}
+    if isinstance(default, float):
+        return {f"{default:g}"}
+    return {str(default)}
+
+
+def test_readme_configuration_table_matches_the_settings():
+    rows = readme_configuration_rows()
+    assert set(rows) - NOT_SETTINGS == {f.metadata["variable"] for f in SETTINGS}
+    for setting in SETTINGS:
+        assert rows[setting.metadata["variable"]] in shown(setting.default), setting.name
+
+
+def test_every_setting_is_read_from_its_variable_and_its_option():
+    for setting in SETTINGS:
+        raw = {int: "7", float: "7", bool: "off", str: "svc"}.get(type(setting.default))
+        if raw is None:
+            continue
+        from_env = load_settings(environ={**BASE, setting.metadata["variable"]: raw})
+        from_option = load_settings(environ=BASE, **{setting.name: raw})
+        assert getattr(from_env, setting.name) == getattr(from_option, setting.name) != setting.default
+
+
+@pytest.mark.parametrize("environ, options, expected", [
+    ({}, {}, 10),
+    ({"PGCONNECT_TIMEOUT": "4"}, {}, 4),
+    ({"PGCONNECT_TIMEOUT": "4", "MARKETSTORE_CONNECT_TIMEOUT": "6"}, {}, 6),
+    ({"MARKETSTORE_CONNECT_TIMEOUT": "6"}, {"connect_timeout": 3}, 3),
+])
+def test_connect_timeout_is_a_setting(environ, options, expected):
+    assert load_settings(environ={**BASE, **environ}, **options).connect_timeout == expected
+
+
+def test_connect_timeout_option_reaches_libpq(database_url):
+    connection = marketstore.DatabaseConnection().initialize(database_url, connect_timeout=4)
+    try:
+        with connection.session() as db:
+            assert db.connection().get_dsn_parameters()["connect_timeout"] == "4"
+    finally:
+        connection.close()
