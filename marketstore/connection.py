@@ -38,7 +38,6 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = str(Settings.connect_timeout)  # the default, seconds per host address tried
 # Probe an idle TCP connection after 60 s, every 10 s, give up after 5 misses: a
 # vanished server or NAT entry is found in under 2 minutes, not the OS's 2 hours.
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}

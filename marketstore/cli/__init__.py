@@ -7,12 +7,10 @@ Each group of commands has its module (:mod:`.admin`, :mod:`.ingest`,
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import click
 
-from ..connection import CONNECT_TIMEOUT
 from . import admin, ingest, plot, query
 
 
@@ -31,8 +29,6 @@ def main(verbose: int) -> None:
     # Errors reach the user once, as the command's own line; logs only on request.
     level = (logging.CRITICAL, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # The pool sets it too; this also covers the migration and admin connections.
-    os.environ.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT)
 
 
 for _command in admin.COMMANDS:
