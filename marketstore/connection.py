@@ -28,7 +28,6 @@ from .errors import (
     DatabaseConnectionError,
     DataValidationError,
     MarketstoreError,
-    PoolExhaustedError,
     SerializationFailure,
     TransactionError,
     driver_error,

@@ -26,7 +26,8 @@ _ALIASES = {
     "mo": ("mo", "mon", "month", "months"),
     "y": ("y", "yr", "year", "years"),
 }
-_UNIT_OF = {alias: unit for unit, aliases in _ALIASES.items() for alias in aliases}
+# The units are the ones the interval rule declares (rules.INTERVAL_UNITS); the words are the grammar's.
+_UNIT_OF = {alias: unit for unit in INTERVAL_UNITS for alias in _ALIASES[unit]}
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SPELLING = re.compile(r"\s*(\d{1,6})?\s*([A-Za-z]+)\s*")
 # A calendar bar is never shorter than its nominal width by more than a DST shift

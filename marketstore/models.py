@@ -8,103 +8,26 @@ and created by the migrations -- hold every writer, COPY and raw SQL included.
 """
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import hashlib
 import json
 from typing import Any, Mapping
 
-from peewee import (SQL, BigAutoField, CharField, DecimalField, DoubleField, ForeignKeyField, Metadata, Model,
-                    SmallIntegerField, TextField)
-from playhouse.postgres_ext import ArrayField, BinaryJSONField, DateTimeTZField, TSVectorField
+from peewee import SQL, BigAutoField, CharField, DecimalField, DoubleField, ForeignKeyField, Model, SmallIntegerField, TextField
 
 from .database import database_proxy  # re-exported: the models' database
 from .errors import DataValidationError
-from .rules import (SYMBOL_LENGTH, SYMBOL_PATTERN, AtMost, Bound, Choice, IntervalText, Length, Matches, NotNaN,
-                    Ordered, RequiredUnless, Rules, Span, between)
+from .fields import (GeneratedTSVectorField, RuledMetadata, UTCDateTimeField, default_sql, document, enum_column,
+                     money, server_now, symbol_column, text_array)
+from .rules import (SYMBOL_PATTERN, AtMost, Bound, Choice, IntervalText, Length, Matches, NotNaN,
+                    Ordered, RequiredUnless, Span, between)
 from .intervals import interval as canonical_interval
-from .validation import MAX_TEXT_CHARS, UTC, field_value
+from .validation import MAX_TEXT_CHARS, field_value
 
 SIGNAL_TYPES = ("buy", "sell", "hold")
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
 ORDER_SIDES = ("buy", "sell")
 ORDER_STATUSES = ("pending", "submitted", "partially_filled", "filled", "cancelled", "rejected")
-
-
-class RuledMetadata(Metadata):
-    """Peewee's model metadata plus ``rules``: the CHECK constraints are derived from them.
-
-    ``Meta.rules`` maps a CHECK's name (without the table prefix) to the
-    rules it holds; ``_meta.rules`` is the :class:`~marketstore.rules.Rules`
-    that validation, frames and the COPY paths read at call time.
-    """
-
-    def __init__(self, model, rules: Mapping | None = None, **kwargs):
-        super().__init__(model, **kwargs)
-        self.rules = Rules(self.table_name, dict(rules or {}))
-        derived = [SQL(f"CONSTRAINT {name} CHECK ({condition})")
-                   for name, condition in self.rules.constraints().items()]
-        self.constraints = list(self.constraints or []) + derived
-
-
-class UTCDateTimeField(DateTimeTZField):
-    """``timestamptz``: naive datetimes are taken as UTC; reads are aware UTC."""
-
-    def db_value(self, value):
-        if isinstance(value, dt.datetime):
-            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return super().db_value(value)
-
-    def python_value(self, value):
-        if isinstance(value, dt.datetime):
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value
-
-
-class GeneratedTSVectorField(TSVectorField):
-    """A ``tsvector GENERATED ALWAYS AS (...) STORED`` column: PostgreSQL computes it.
-
-    A generated column accepts no value but ``DEFAULT``, so every write of this
-    field sends ``DEFAULT``: saving a fetched instance keeps working, and the
-    stored vector can never drift from the text it indexes.
-    """
-
-    def db_value(self, value):
-        return SQL("DEFAULT")
-
-
-def _server_now(**kwargs) -> UTCDateTimeField:
-    field = UTCDateTimeField(constraints=[SQL("DEFAULT now()")], **kwargs)
-    field.server_default = True  # required, but the database fills it in: validation lets it be absent
-    return field
-
-
-def _money(**kwargs) -> DecimalField:
-    # NUMERIC(24, 8): 16 integer digits, 8 decimals; never float.
-    return DecimalField(max_digits=24, decimal_places=8, auto_round=False, **kwargs)
-
-
-def _default(sql: str) -> list:
-    # Database defaults too, so COPY and raw SQL writers get the same values.
-    return [SQL(f"DEFAULT {sql}")]
-
-
-def _text_array(index: bool = False) -> ArrayField:
-    return ArrayField(TextField, default=list, index=index, constraints=_default("'{}'"))
-
-
-def _document(default=None, index: bool = False) -> BinaryJSONField:
-    if default is None:
-        return BinaryJSONField(index=index)
-    return BinaryJSONField(default=default, index=index, constraints=_default(f"'{json.dumps(default())}'"))
-
-
-def _symbol(**kwargs) -> CharField:
-    return CharField(max_length=SYMBOL_LENGTH, **kwargs)
-
-
-def _enum(**kwargs) -> CharField:
-    return CharField(max_length=16, **kwargs)
 
 
 def _symbol_rule(field: str = "symbol") -> Matches:
@@ -186,15 +109,15 @@ class Price(BaseModel):
     """One OHLCV bar of ``symbol`` at ``timestamp`` for bar ``interval``."""
 
     id = BigAutoField()  # bars run into billions of rows
-    symbol = _symbol()
+    symbol = symbol_column()
     timestamp = UTCDateTimeField()
-    open = _money()
-    high = _money()
-    low = _money()
-    close = _money()
+    open = money()
+    high = money()
+    low = money()
+    close = money()
     volume = DecimalField(max_digits=28, decimal_places=8, auto_round=False)
-    interval = CharField(max_length=8, default="1m", constraints=_default("'1m'"))
-    adj_close = _money(null=True)  # a vendor's adjusted close (splits, dividends), when it gives one
+    interval = CharField(max_length=8, default="1m", constraints=default_sql("'1m'"))
+    adj_close = money(null=True)  # a vendor's adjusted close (splits, dividends), when it gives one
 
     class Meta:
         table_name = "prices"
@@ -283,9 +206,9 @@ class Article(BaseModel):
     source = CharField(max_length=128, null=True)
     url = TextField(null=True, unique=True)
     published_at = UTCDateTimeField(null=True, index=True)
-    ingested_at = _server_now()
-    symbols = _text_array(index=True)  # GIN: for_symbol
-    metadata = _document(default=dict)
+    ingested_at = server_now()
+    symbols = text_array(index=True)  # GIN: for_symbol
+    metadata = document(default=dict)
     # Full-text search (ArticleRepository.search); created by migration 002_article_search.
     search_vector = GeneratedTSVectorField(null=True, index=True, constraints=[SQL(ARTICLE_SEARCH_VECTOR)])
 
@@ -304,10 +227,10 @@ class SentimentScore(BaseModel):
     article = ForeignKeyField(Article, backref="sentiment_scores", on_delete="CASCADE", index=True)
     score = DoubleField()
     confidence = DoubleField()
-    keywords_positive = _text_array()
-    keywords_negative = _text_array()
+    keywords_positive = text_array()
+    keywords_negative = text_array()
     model = CharField(max_length=64)
-    timestamp = _server_now(index=True)
+    timestamp = server_now(index=True)
 
     class Meta:
         table_name = "sentiment_scores"
@@ -321,12 +244,12 @@ class Event(BaseModel):
     """A detected market event, optionally tied to the article it came from."""
 
     article = ForeignKeyField(Article, backref="events", null=True, on_delete="SET NULL", index=True)
-    symbols = _text_array()
+    symbols = text_array()
     event_type = CharField(max_length=64, index=True)
     severity = SmallIntegerField(index=True)
-    keywords = _text_array()
-    details = _document(default=dict)
-    timestamp = _server_now(index=True)
+    keywords = text_array()
+    details = document(default=dict)
+    timestamp = server_now(index=True)
 
     class Meta:
         table_name = "events"
@@ -336,14 +259,14 @@ class Event(BaseModel):
 class TradingSignal(BaseModel):
     """A buy/sell/hold signal with its composite market score and components."""
 
-    symbol = _symbol()
-    signal_type = _enum(index=True)
+    symbol = symbol_column()
+    signal_type = enum_column(index=True)
     cms_score = DoubleField()
     sentiment_component = DoubleField(null=True)
     technical_component = DoubleField(null=True)
     regime_component = DoubleField(null=True)
-    explanation = _document(default=dict)
-    timestamp = _server_now(index=True)
+    explanation = document(default=dict)
+    timestamp = server_now(index=True)
 
     class Meta:
         table_name = "trading_signals"
@@ -359,17 +282,17 @@ class Order(BaseModel):
     """An order and its fill state; status moves only as the state machine allows."""
 
     order_id = CharField(max_length=64, unique=True)
-    symbol = _symbol()
-    order_type = _enum()
-    side = _enum()
-    quantity = _money()
-    price = _money(null=True)
-    status = _enum(default="pending", index=True, constraints=_default("'pending'"))
+    symbol = symbol_column()
+    order_type = enum_column()
+    side = enum_column()
+    quantity = money()
+    price = money(null=True)
+    status = enum_column(default="pending", index=True, constraints=default_sql("'pending'"))
     signal = ForeignKeyField(TradingSignal, backref="orders", null=True, on_delete="SET NULL", index=True)
-    filled_quantity = _money(default=decimal.Decimal(0), constraints=_default("0"))
-    average_fill_price = _money(null=True)
-    timestamp = _server_now(index=True)
-    updated_at = _server_now()
+    filled_quantity = money(default=decimal.Decimal(0), constraints=default_sql("0"))
+    average_fill_price = money(null=True)
+    timestamp = server_now(index=True)
+    updated_at = server_now()
 
     class Meta:
         table_name = "orders"
@@ -393,11 +316,11 @@ class OrderEvent(BaseModel):
     """
 
     order = ForeignKeyField(Order, backref="events", on_delete="RESTRICT", index=False)
-    from_status = _enum(null=True)
-    to_status = _enum()
-    filled_quantity = _money(null=True)
-    fill_price = _money(null=True)
-    timestamp = _server_now()
+    from_status = enum_column(null=True)
+    to_status = enum_column()
+    filled_quantity = money(null=True)
+    fill_price = money(null=True)
+    timestamp = server_now()
     note = TextField(null=True)
 
     class Meta:
@@ -416,12 +339,12 @@ class BacktestResult(BaseModel):
     """A stored backtest: its config (hashed for lookup), metrics, trades and equity curve."""
 
     name = CharField(max_length=200)
-    config = _document()
+    config = document()
     config_hash = CharField(max_length=64, index=True)
-    metrics = _document(default=dict, index=True)  # GIN: metric lookups
-    trades = _document(default=list)
-    equity_curve = _document(default=list)
-    created_at = _server_now(index=True)
+    metrics = document(default=dict, index=True)  # GIN: metric lookups
+    trades = document(default=list)
+    equity_curve = document(default=list)
+    created_at = server_now(index=True)
 
     class Meta:
         table_name = "backtest_results"
