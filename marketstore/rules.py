@@ -76,17 +76,23 @@ class Rule:
         return None
 
 
+class OneField(Rule):
+    """A rule on the one column ``field``."""
+
+    field: str
+
+    @property
+    def fields(self):
+        return (self.field,)
+
+
 @dataclass(frozen=True)
-class Bound(Rule):
+class Bound(OneField):
     """``field op limit``: ``Bound("low", ">", 0)``."""
 
     field: str
     op: str
     limit: Any
-
-    @property
-    def fields(self):
-        return (self.field,)
 
     def sql(self) -> str:
         return f"{_q(self.field)} {self.op} {_literal(self.limit)}"
@@ -202,15 +208,11 @@ class NotNaN(Rule):
 
 
 @dataclass(frozen=True)
-class Choice(Rule):
+class Choice(OneField):
     """``field IN (...)``."""
 
     field: str
     values: tuple[str, ...]
-
-    @property
-    def fields(self):
-        return (self.field,)
 
     def sql(self) -> str:
         return f"{_q(self.field)} IN ({', '.join(_literal(v) for v in self.values)})"
@@ -223,16 +225,12 @@ class Choice(Rule):
 
 
 @dataclass(frozen=True)
-class Matches(Rule):
+class Matches(OneField):
     """``field`` matches ``pattern`` whole (a regex PostgreSQL and Python read alike)."""
 
     field: str
     pattern: str
     expected: str = ""
-
-    @property
-    def fields(self):
-        return (self.field,)
 
     @property
     def regex(self) -> re.Pattern:
@@ -277,16 +275,12 @@ class IntervalText(Matches):
 
 
 @dataclass(frozen=True)
-class Span(Rule):
+class Span(OneField):
     """``first_year <= year(field) <= last_year`` in UTC: what a Python ``datetime`` holds."""
 
     field: str
     first_year: int = 1
     last_year: int = 9999
-
-    @property
-    def fields(self):
-        return (self.field,)
 
     def sql(self) -> str:
         return (f"{_q(self.field)} >= '{self.first_year:04d}-01-01 00:00:00+00' AND "
@@ -344,15 +338,11 @@ class RequiredUnless(Rule):
 
 
 @dataclass(frozen=True)
-class Length(Rule):
+class Length(OneField):
     """``char_length(field) <= limit``, for ``text`` columns (``varchar`` bounds itself)."""
 
     field: str
     limit: int
-
-    @property
-    def fields(self):
-        return (self.field,)
 
     def sql(self) -> str:
         return f"char_length({_q(self.field)}) <= {self.limit}"

@@ -19,7 +19,8 @@ from ._sql import BUCKET_ORIGIN
 from .backtests import BacktestResultRepository
 from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
 from ._load import UpsertCount
-from .prices import PRICE_ROW_COLUMNS, PriceBar, PriceRepository, PriceSeries
+from ._price_rows import PRICE_ROW_COLUMNS
+from .prices import PriceBar, PriceRepository, PriceSeries
 from .trading import FILL_STATUSES, OPEN_STATUSES, ORDER_MOVES, OrderRepository, TradingSignalRepository
 
 __all__ = [

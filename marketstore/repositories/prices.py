@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
-import threading
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
@@ -16,13 +14,13 @@ from ..errors import DataValidationError
 from ..intervals import optional_interval, parse, step_sql, zone
 from ..models import Price
 from ..repository import BaseRepository, reads
-from ..validation import UTC
 from ._copy import CopySource
 from ._csv import CsvBody, csv_header
 from ._frames import frame_source
 from ._load import UpsertCount, copy_new, upsert
 from ._rows import RowStream
 from ._frames_out import FILLS, build_frame, check_library, fetch_columns, frame_query
+from ._price_rows import PRICE_SELECT, SYMBOL_AT, price_models, utc_rows
 from ._price_sql import INTERVAL_PROBE, SERIES, STORED_INTERVALS, buckets, in_range
 from ._sql import aware
 
@@ -40,83 +38,6 @@ class PriceBar(NamedTuple):
     close: Decimal
     volume: Decimal
     count: int  # source bars in the bucket
-
-
-_PRICE_FIELDS = Price._meta.sorted_fields
-PRICE_ROW_COLUMNS = tuple(f.column_name for f in _PRICE_FIELDS)
-"""Column order of the tuples ``get_range(..., as_tuples=True)`` returns: ``("id",) + PRICE_COLUMNS``."""
-_PRICE_NAMES = tuple(f.name for f in _PRICE_FIELDS)
-_PRICE_SELECT = ", ".join(f'"{c}"' for c in PRICE_ROW_COLUMNS)
-_TIMESTAMP_AT = PRICE_ROW_COLUMNS.index("timestamp")
-_SYMBOL_AT = PRICE_ROW_COLUMNS.index("symbol")
-
-
-def _utc_rows(rows: list[tuple]) -> list[tuple]:
-    """``rows`` (full price rows) with every timestamp aware UTC.
-
-    Sessions run with ``timezone=UTC``, so psycopg2 already returns
-    ``tzinfo is timezone.utc`` and ``rows`` comes back unchanged; only a caller
-    who ran ``SET timezone`` in its session pays for a conversion.
-    """
-    at = _TIMESTAMP_AT
-    if all(row[at].tzinfo is UTC for row in rows):
-        return rows
-    return [(*row[:at], aware(row[at]), *row[at + 1:]) for row in rows]
-
-
-def _price_models(rows: list[tuple]) -> list[Price]:
-    """``Price`` instances of full rows in ``PRICE_ROW_COLUMNS`` order.
-
-    Built directly in the state ``Model.__init__`` leaves for a fetched row
-    (``__data__`` holding the values, nothing dirty, no related objects):
-    peewee's model cursor would build a dict per row through a converter per
-    column, then set each field through its descriptor, 2-3x the cost of the
-    fetch itself. Its converters are no-ops here: psycopg2 returns ``Decimal``
-    for numeric and, via :func:`_utc_rows`, aware UTC datetimes. The instances
-    are ordinary ones: attribute access, ``save()``, equality and repr work.
-    """
-    new, names, out = Price.__new__, _PRICE_NAMES, []
-    append = out.append
-    with _no_gc():
-        for row in _utc_rows(rows):
-            obj = new(Price)
-            obj.__data__ = dict(zip(names, row))
-            obj._dirty = set()
-            obj.__rel__ = {}
-            append(obj)
-    return out
-
-
-_gc_lock = threading.Lock()
-_gc_paused = 0  # _no_gc blocks running, in any thread
-_gc_resume = False  # whether the first of them found the collector enabled
-
-
-@contextmanager
-def _no_gc():
-    """Pause the cyclic garbage collector while many long-lived objects are built.
-
-    Each instance and its ``_dirty`` set are tracked containers that all
-    survive, so the collector would run again and again over them (and over
-    everything else the process holds) without freeing anything: measured
-    here, a third of the time of building 100,000 models. Nothing built
-    here forms a cycle. The collector is process-wide: it stays paused until
-    the last block in any thread ends, then is enabled again only if it was
-    when the first began (a ``gc.disable()`` made in between is undone).
-    """
-    global _gc_paused, _gc_resume
-    with _gc_lock:
-        if _gc_paused == 0:
-            _gc_resume = gc.isenabled()
-            gc.disable()
-        _gc_paused += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_paused -= 1
-            if _gc_paused == 0 and _gc_resume:
-                gc.enable()
 
 
 class PriceSeries(NamedTuple):
@@ -166,11 +87,11 @@ class PriceRepository(BaseRepository[Price]):
         start, end = check.span(start, end)
         check.flag("as_tuples", as_tuples)
         where, params = in_range(start, end)
-        sql = f'SELECT {_PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s{where} ORDER BY "timestamp"'
+        sql = f'SELECT {PRICE_SELECT} FROM prices WHERE symbol = %s AND "interval" = %s{where} ORDER BY "timestamp"'
         with self.session("get_range") as db:
             found = self._intervals(db, [symbol], interval)
             rows = db.execute_sql(sql, [symbol, found[symbol]] + params).fetchall() if found else []
-        return _utc_rows(rows) if as_tuples else _price_models(rows)
+        return utc_rows(rows) if as_tuples else price_models(rows)
 
     @reads
     def latest(self, symbol: str, interval: str | None = None) -> Price | None:
@@ -190,22 +111,22 @@ class PriceRepository(BaseRepository[Price]):
             return {}
         if interval is None:  # the interval probes and the bar in one statement
             sql = (f'SELECT p.*, i.second FROM ({INTERVAL_PROBE}) AS i(symbol, iv, second) '
-                   f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices WHERE prices.symbol = i.symbol '
+                   f'CROSS JOIN LATERAL (SELECT {PRICE_SELECT} FROM prices WHERE prices.symbol = i.symbol '
                    'AND prices."interval" = i.iv ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
             params = (wanted,)
         else:
             sql = (f'SELECT p.*, NULL FROM unnest(%s::text[]) AS s(symbol) '
-                   f'CROSS JOIN LATERAL (SELECT {_PRICE_SELECT} FROM prices '
+                   f'CROSS JOIN LATERAL (SELECT {PRICE_SELECT} FROM prices '
                    '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
                    '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
             params = (wanted, interval)
         with self.session("latest_for_symbols") as db:
             rows = db.execute_sql(sql, params).fetchall()
-            several = [row[_SYMBOL_AT] for row in rows if row[-1] is not None]
+            several = [row[SYMBOL_AT] for row in rows if row[-1] is not None]
             if several:
                 self._intervals(db, several[:1], None)  # raises, naming the stored intervals
         rows = [row[:-1] for row in rows]
-        return dict(zip((row[_SYMBOL_AT] for row in rows), _price_models(rows)))
+        return dict(zip((row[SYMBOL_AT] for row in rows), price_models(rows)))
 
     @reads
     def series(self, symbols: Iterable[str] | None = None) -> list[PriceSeries]:
