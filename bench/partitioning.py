@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import psycopg2
 
 from marketstore import DatabaseConnection, run_migrations
-from marketstore.repositories.prices import PRICE_ROW_COLUMNS, PriceRepository
+from marketstore.repositories import PRICE_ROW_COLUMNS, PriceRepository
 
 from .context import with_database
 

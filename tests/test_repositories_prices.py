@@ -173,7 +173,7 @@ def test_get_range_and_latest_build_the_same_instances_as_peewee(prices):
 
 def test_nested_and_concurrent_gc_pauses_end_with_the_last():
     import gc
-    from marketstore.repositories.prices import _no_gc
+    from marketstore.repositories._price_rows import no_gc as _no_gc
     first = _no_gc()
     first.__enter__()  # as another thread's get_range would
     with _no_gc():

@@ -49,7 +49,7 @@ def price_models(rows: list[tuple]) -> list[Price]:
     """
     new, names, out = Price.__new__, _PRICE_NAMES, []
     append = out.append
-    with _no_gc():
+    with no_gc():
         for row in utc_rows(rows):
             obj = new(Price)
             obj.__data__ = dict(zip(names, row))
@@ -65,7 +65,7 @@ _gc_resume = False  # whether the first of them found the collector enabled
 
 
 @contextmanager
-def _no_gc():
+def no_gc():
     """Pause the cyclic garbage collector while many long-lived objects are built.
 
     Each instance and its ``_dirty`` set are tracked containers that all
