@@ -1,4 +1,4 @@
-"""The cases of issue 5: side-by-side comparisons, each result checked for correctness.
+"""The cases: side-by-side comparisons with their references, each result checked for correctness.
 
 A case is a generator of comparisons: the runner measures each one as it is
 yielded, so a case can use the figures of one comparison to build the next.
@@ -419,7 +419,7 @@ def scaling(ctx: Context) -> Iterator[Comparison]:
     ]
 
 
-# -- issue 11 §1: the natural types of market data on the fast path -----------------------
+# -- the natural types of market data on the fast path ------------------------------------
 def int_volume(rows: list[dict]) -> list[dict]:
     """The rows with an ``int`` volume: the natural type of a volume."""
     return [dict(r, volume=int(r["volume"])) for r in rows]

@@ -1,4 +1,4 @@
-"""Issue 11 §2-§5: frames in and out, side by side with the hand-rolled and the C references.
+"""Frames in and out, side by side with the hand-rolled and the C references.
 
 ``frames`` (a case of ``python -m bench``): ``copy_from(pandas frame)`` against
 ``df.to_csv`` -> ``COPY`` and ADBC's ``adbc_ingest`` (Arrow binary COPY in C),

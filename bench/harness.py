@@ -34,7 +34,7 @@ class Contender:
 
 @dataclass
 class Target:
-    """``contender`` vs ``reference`` must satisfy ``kind`` (issue 5's wording).
+    """``contender`` vs ``reference`` must satisfy ``kind`` (as the targets are worded).
 
     ``speed>=``: reference time / contender time >= value (throughput ratio).
     ``time<=``:  contender time / reference time <= value.

@@ -1,6 +1,6 @@
 """``python -m bench.partitioning --rows N --database URL``: ``prices`` partitioned by month vs not.
 
-Issue 12 §6, the numbers of docs/SCALING.md. Not part of the test run (nothing
+The numbers of docs/SCALING.md (time partitioning of prices). Not part of the test run (nothing
 imports it). On the server of ``URL`` it creates two databases named after
 URL's database, ``<db>_flat`` and ``<db>_part``, migrates both with the
 package's migrations, turns ``prices`` of ``<db>_part`` into a table

@@ -1,4 +1,4 @@
-"""Case ``scaleout`` (issue 12): sessions through PgBouncer, and reads routed to a replica.
+"""Case ``scaleout``: sessions through PgBouncer, and reads routed to a replica.
 
 It runs on throwaway servers of its own on loopback (the test suite's
 ``pgcluster`` and PgBouncer helpers): a primary, a streaming standby of it, and

@@ -209,7 +209,7 @@ class Article(BaseModel):
     ingested_at = server_now()
     symbols = text_array(index=True)  # GIN: for_symbol
     metadata = document(default=dict)
-    # Full-text search (ArticleRepository.search); created by migration 002_article_search.
+    # Full-text search (ArticleRepository.search): a generated column PostgreSQL keeps in step with the text.
     search_vector = GeneratedTSVectorField(null=True, index=True, constraints=[SQL(ARTICLE_SEARCH_VECTOR)])
 
     class Meta:
