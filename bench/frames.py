@@ -147,10 +147,52 @@ def frames(ctx: Context) -> Iterator[Comparison]:
                      "to_sql(method='multi')", contenders,
                      [Target("copy_from(pandas frame) ", "to_sql(method='multi')", "speed>=", 10.0)], warmup=False)
 
+    yield _upsert_unchanged(ctx, frame, expected)
     finding = _memory(ctx)
     comparison = _frame_out(ctx, pd, adbc, cx)
     comparison.findings.append(finding)  # reported with the last comparison of the case
     yield comparison
+
+
+def _upsert_unchanged(ctx: Context, frame, expected) -> Comparison:
+    """Upserting a frame already stored, unchanged, against upserting it into an empty table.
+
+    Nothing is rewritten: the table's ``n_tup_upd`` must not move, and the
+    count says every bar was unchanged.
+    """
+    repo = marketstore.PriceRepository()
+
+    def updates() -> int:
+        with ctx.raw.cursor() as cur:
+            cur.execute("SELECT pg_stat_force_next_flush(); "
+                        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'prices'")
+            return cur.fetchone()[0]
+
+    def stored_already():
+        ctx.reset()
+        repo.copy_from(frame)
+        ctx.checkpoint()
+        stored_already.updates = updates()
+
+    def first(count):
+        expect((count, count.inserted), (ctx.n, ctx.n), "rows reported inserted")
+        expect(ctx.summary(), expected, "prices after the upsert")
+
+    def again(count):
+        expect((count, count.updated, count.unchanged), (0, 0, ctx.n), "rows reported written, updated, unchanged")
+        expect(updates(), stored_already.updates, "n_tup_upd of prices (rows rewritten)")
+        expect(ctx.summary(), expected, "prices after the upsert")
+
+    contenders = [
+        Contender("upsert_many(frame), empty table", lambda: repo.upsert_many(frame), "reference",
+                  setup=ctx.reset, check=first),
+        Contender("upsert_many(frame), unchanged", lambda: repo.upsert_many(frame),
+                  setup=stored_already, check=again),
+    ]
+    return Comparison("frames", f"upsert a {ctx.n:,}-row frame stored already, unchanged", ctx.n, "rows",
+                      "upsert_many(frame), empty table", contenders,
+                      [Target("upsert_many(frame), unchanged", "upsert_many(frame), empty table", "time<=", 0.5,
+                              "unchanged upsert")], warmup=False)
 
 
 def _frame_out(ctx: Context, pd, adbc, cx) -> Comparison:

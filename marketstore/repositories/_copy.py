@@ -45,6 +45,9 @@ class CopySource(Protocol):
     def copy_into(self, db, table: str) -> int:
         """COPY every row into ``table`` on the session's connection; returns the number of rows."""
 
+    def first_key(self) -> tuple | None:
+        """``(symbol, interval, timestamp)`` of the first row when cheap to know, else ``None``."""
+
     def where(self, line: int) -> dict:
         """The location (``row``, or ``source`` and ``line``) of COPY data line ``line``, for errors."""
 

@@ -235,6 +235,9 @@ class CsvBody:
     def where(self, line: int) -> dict:
         return {"source": self.path, "line": self.file_line(line)}
 
+    def first_key(self) -> tuple | None:
+        return None  # the body is the server's to parse
+
     def located(self, number: int | None) -> dict:
         return {"source": self.path} if number is None else self.where(number)
 

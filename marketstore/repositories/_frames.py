@@ -322,6 +322,23 @@ class FrameStream:
     def where(self, line: int) -> dict:
         return self._where(line)
 
+    def first_key(self) -> tuple | None:
+        """The first row's key, read from a fresh pass (the interval as it will be written)."""
+        if not self._planned:
+            self._plan()
+        for _, arrays in self._factory(again=True):
+            if "symbol" not in arrays or "timestamp" not in arrays:
+                return None
+            symbol, stamp = arrays["symbol"][0].as_py(), self._utc_micros(arrays["timestamp"][:1])[0].as_py()
+            if not isinstance(symbol, str) or stamp is None:
+                return None
+            if "interval" in arrays:
+                interval = arrays["interval"][0].as_py()
+            else:
+                interval = self._interval or (self._by_symbol or {}).get(symbol, Price.interval.default)
+            return symbol, interval, stamp.replace(tzinfo=dt.timezone.utc)
+        return None
+
     def located(self, number: int | None) -> dict:
         return ({"source": self.source} if self.source else {}) if number is None else self._where(number)
 

@@ -52,6 +52,7 @@ _MERGE = (
     f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), "
     f"(SELECT count(*) FROM (SELECT DISTINCT {_KEY} FROM {STAGE}) AS k) FROM merged"
 )
+_STORED = 'SELECT 1 FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" = %s'
 _INSERT = f"INSERT INTO prices ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM {STAGE} ORDER BY id"
 _FIRST_DUPLICATE = (
     f"SELECT min(s.id) FROM {STAGE} AS s WHERE EXISTS (SELECT 1 FROM prices AS p "
@@ -107,7 +108,9 @@ def copy_new(db, source: CopySource, interval: str | None) -> int:
 
 def upsert(db, source: CopySource, interval: str | None) -> UpsertCount:
     """``upsert_many``: insert new bars, update changed ones, leave equal ones alone."""
-    if source.complete and source.rereadable:
+    first = source.first_key() if source.complete and source.rereadable else None
+    stored = first is not None and db.execute_sql(_STORED, first).fetchone() is not None
+    if source.complete and source.rereadable and not stored:  # a first bar stored: a re-upsert, merged
         # INSERT ... ON CONFLICT costs twice a plain insert and COPY batches its writes, so input of
         # new bars loads at copy_from's speed; the first bar already stored (or repeated) undoes the
         # attempt (a savepoint) and the input is read again through the staging table.

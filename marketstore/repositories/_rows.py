@@ -278,6 +278,9 @@ class RowStream:
                 self._indexed and all(_has_interval(row) for row in self._rows))
         return self._complete
 
+    def first_key(self) -> tuple | None:
+        return None  # rows are not tried straight into the table: nothing to decide
+
     def rewound(self) -> "RowStream":
         raise TypeError("rows are read once")
 
