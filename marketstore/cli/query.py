@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..intervals import zone
 from ..models import ORDER_STATUSES, SIGNAL_TYPES
 from ..repositories import (PRICE_COLUMNS, ArticleRepository, BacktestResultRepository, OrderRepository, PriceBar,
                             PriceRepository, PriceSeries, TradingSignalRepository)
@@ -79,6 +80,10 @@ def query_prices(symbol: str, start, end, bucket: str | None, tz: str | None, in
         bars = read_bars(symbol, start, end, bucket, interval, tz)
         columns = list(PRICE_COLUMNS)
         rows = [{name: getattr(b, name) for name in columns} for b in bars]
+        if tz:  # shown in the zone asked for, as bucketed bars are (the instant is the same)
+            place = zone(tz)
+            for row in rows:
+                row["timestamp"] = row["timestamp"].astimezone(place)
     table_columns = [c for c in columns if c not in ("symbol", "interval")]
     if out:
         with open(out, "w", encoding="utf-8") as handle:
