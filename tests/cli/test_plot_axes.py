@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
-from cli_helpers import succeeds
+from cli_helpers import fails, succeeds
 
 pytest.importorskip("matplotlib")
 from marketstore.cli.plotting import MAX_CANDLES, price_figure  # noqa: E402
@@ -132,3 +132,5 @@ def test_plot_prices_reads_the_stored_interval(db, database_url, tmp_path):
     assert str(out) in result.stdout and out.stat().st_size > 10_000
     succeeds("plot", "prices", "GOOG", "--start", "2012-03-01", "--end", "2012-04-01", "--tz", "America/New_York",
              "--bucket", "1w", "--out", out, "--database", database_url)
+    line = fails("plot", "prices", "GOOG", "--interval", "1m", "--out", out, "--database", database_url)
+    assert "no 1m bars for GOOG" in line and "GOOG has 1d bars from 2012-01-02" in line
