@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from ..errors import DataValidationError
-from ..repositories import BacktestResultRepository
 from ..intervals import parse, zone
+from ..repositories import BacktestResultRepository
 from .plotting import equity_chart, equity_points, price_chart, require_matplotlib
 from .common import command, interval_option, range_options, read_bars, stored_hint, tz_option
 
@@ -36,7 +36,8 @@ def _save(draw, out: str, *args) -> None:
 @group.command("prices")
 @click.argument("symbol")
 @range_options
-@click.option("--bucket", default=None, metavar="WIDTH", help="Resample into bars of WIDTH (5m, 1h, 1d, 1w, 1mo) first.")
+@click.option("--bucket", default=None, metavar="WIDTH",
+              help="Resample into bars of WIDTH (5m, 1h, 1d, 1w, 1mo) first.")
 @tz_option
 @interval_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
