@@ -185,7 +185,7 @@ def test_plot_backtest_writes_a_png(demo_url, sql, tmp_path):
 
 
 def test_plot_errors_are_one_line(demo_url, tmp_path):
-    assert "no 1m bars for NOPE" in fails("plot", "prices", "NOPE", *DAY, "--out", tmp_path / "x.png",
+    assert "no bars for NOPE" in fails("plot", "prices", "NOPE", *DAY, "--out", tmp_path / "x.png",
                                           "--database", demo_url)
     assert "not found" in fails("plot", "backtest", "999999", "--out", tmp_path / "x.png", "--database", demo_url)
     assert "cannot write" in fails("plot", "prices", "AAPL", *DAY, "--out", tmp_path / "no" / "dir.png",

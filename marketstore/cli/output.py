@@ -2,7 +2,9 @@
 
 Rows are mappings of column name to value. Decimals keep every digit: plain
 text in tables and CSV, strings in JSON (a JSON number would go through float).
-Datetimes are UTC; tables show minutes, CSV and JSON full ISO-8601.
+Datetimes are shown in their own zone (UTC unless a command was given
+``--tz``); tables show minutes, CSV and JSON full ISO-8601 with the offset.
+A missing value (``None``, a float NaN) is an empty cell, ``null`` in JSON.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import datetime as dt
 import decimal
 import io
 import json
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import DataValidationError
@@ -24,8 +27,13 @@ def plain(value: decimal.Decimal) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def _missing(value: Any) -> bool:
+    """``None``, or a float NaN (an empty bucket's price in a filled frame)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _cell(value: Any, for_table: bool) -> str:
-    if value is None:
+    if _missing(value):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -61,7 +69,7 @@ def _json_default(value: Any):
 def _decimal_places(values: list) -> int | None:
     """Common number of decimals for a column of Decimals or floats (so the points
     line up: up to 8 places for Decimals, 4 for floats), else None."""
-    present = [v for v in values if v is not None]
+    present = [v for v in values if not _missing(v)]
     if not present or not all(isinstance(v, (decimal.Decimal, float)) for v in present):
         return None
     exact = [decimal.Decimal(_cell(v, True)) if isinstance(v, float) else v for v in present]
@@ -75,7 +83,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], indent: str
     """Columns aligned; numbers (and ``right`` columns) right-aligned, a column of
     decimals to a common number of places; cells over ``max_width`` are cut."""
     places = {col: _decimal_places([row.get(col) for row in rows]) for col in columns}
-    cells = [[_cell(row.get(col), True) if places[col] is None or row.get(col) is None
+    cells = [[_cell(row.get(col), True) if places[col] is None or _missing(row.get(col))
               else f"{row[col]:.{places[col]}f}" for col in columns] for row in rows]
     cells = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in line] for line in cells]
     right = set(right)
@@ -94,7 +102,7 @@ def render(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], fmt: str) 
     """``rows`` as ``fmt`` (``table``, ``csv`` or ``json``); no trailing newline."""
     rows = list(rows)
     if fmt == "json":
-        return json.dumps([{col: row.get(col) for col in columns} for row in rows],
+        return json.dumps([{col: None if _missing(row.get(col)) else row.get(col) for col in columns} for row in rows],
                           default=_json_default, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()

@@ -4,9 +4,10 @@ from __future__ import annotations
 import click
 
 from ..errors import DataValidationError
+from ..intervals import parse, zone
 from ..repositories import BacktestResultRepository
 from .plotting import equity_chart, equity_points, price_chart, require_matplotlib
-from .common import command, range_options, read_bars
+from .common import command, interval_option, range_options, read_bars, stored_hint, tz_option
 
 
 @click.group("plot")
@@ -35,24 +36,45 @@ def _save(draw, out: str, *args) -> None:
 @group.command("prices")
 @click.argument("symbol")
 @range_options
-@click.option("--bucket", default=None, metavar="WIDTH", help="Resample into bars of WIDTH (5m, 1h, 1d) first.")
-@click.option("--interval", default="1m", show_default=True, help="Bar interval to read.")
+@click.option("--bucket", default=None, metavar="WIDTH",
+              help="Resample into bars of WIDTH (5m, 1h, 1d, 1w, 1mo) first.")
+@tz_option
+@interval_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
 @command
-def plot_prices(symbol, start, end, bucket, interval, out) -> None:
-    """Chart SYMBOL's bars with start <= time < end: candles (or the close line
-    when there are many) over a volume panel.
+def plot_prices(symbol, start, end, bucket, tz, interval, out) -> None:
+    """Chart SYMBOL's bars with start <= time < end over a volume panel.
+
+    Daily and wider bars (and up to 200 narrower ones) are candles, more
+    intraday bars the close line. The time axis is labelled by the span
+    shown (hours, days, months, years) in --tz.
 
     \b
     Example:
       marketstore plot prices AAPL --start 2024-03-08 --end 2024-03-09 --bucket 5m --out aapl.png
+      marketstore plot prices GOOG --start 2004-01-01 --end 2014-01-01 --out goog.png
+      marketstore plot prices AAPL --start 2024-03-01 --end 2024-04-01 --bucket 1d --tz America/New_York --out d.png
     """
     require_matplotlib()
-    bars = read_bars(symbol, start, end, bucket, interval)
+    place = zone(tz)
+    bars = read_bars(symbol, start, end, bucket, interval, tz)
     if not bars:
-        raise click.ClickException(f"no {interval} bars for {symbol} with {start} <= time < {end}")
-    title = f"{symbol} {bucket or interval} bars, {start} to {end} (UTC)"
-    _save(price_chart, out, title, bars)
+        raise click.ClickException(f"no {interval + ' ' if interval else ''}bars for {symbol}"
+                                   f"{_span_text(start, end)} ({stored_hint(symbol)})")
+    width = parse(bucket or bars[0].interval, "bucket")
+    first, last = (getattr(b, "timestamp", None) or b.bucket for b in (bars[0], bars[-1]))
+    shown = [str(bound) if bound else f"{moment.astimezone(place):%Y-%m-%d}"
+             for bound, moment in ((start, first), (end, last))]
+    title = f"{symbol} {width.text} bars, {shown[0]} to {shown[1]} ({tz or 'UTC'})"
+    # A calendar bar is drawn as wide as its shortest span (a day across DST: 23 hours).
+    _save(price_chart, out, title, bars, width.shortest, place)
+
+
+def _span_text(start, end) -> str:
+    """`` with START <= time < END`` for the bounds given, ``""`` for an open range."""
+    if start is None and end is None:
+        return ""
+    return " with " + " ".join(part for part in (start and f"{start} <=", "time", end and f"< {end}") if part)
 
 
 @group.command("backtest")

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 from ..errors import DataValidationError
 from ..extras import require
 
-MAX_CANDLES = 200  # more bars than this: a close line reads better than candles
+MAX_CANDLES = 200  # more intraday bars than this: a close line reads better than candles
+GAP_BARS = 10  # a close line is broken where this many bars are missing (a night, a weekend)
 UP, DOWN, LINE = "#26a269", "#c01c28", "#1c71d8"
 
 
@@ -32,29 +33,16 @@ def require_matplotlib() -> None:
     require("matplotlib", "plot")
 
 
-def _time_axis(axes, times: Sequence[dt.datetime]) -> None:
-    """Label bar positions 0..n-1 with their times, so nights and weekends take no
-    space; over several days, one tick and a separator line per day."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+def _time_axis(axes, tz: dt.tzinfo | None) -> None:
+    """A calendar time axis labelled by the span shown -- hours over a day, days over a
+    month, months or years over years -- in ``tz`` (UTC when ``None``), whatever the bars' width."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    starts = [0] + [i for i in range(1, len(times)) if times[i].date() != times[i - 1].date()]
-    axis = axes[-1]
-    if len(starts) > 1:
-        for index in starts[1:]:
-            for panel in axes:
-                panel.axvline(index - 0.5, color="grey", linewidth=0.8, alpha=0.6)
-        axis.xaxis.set_major_locator(FixedLocator(starts))
-        pattern = "%a %m-%d"
-    else:
-        axis.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-        pattern = "%H:%M"
-
-    def label(position, _):
-        index = int(round(position))
-        return times[index].strftime(pattern) if 0 <= index < len(times) else ""
-
-    axis.xaxis.set_major_formatter(FuncFormatter(label))
-    axis.set_xlim(-1, len(times))
+    tz = tz or dt.timezone.utc
+    locator = AutoDateLocator(tz=tz, minticks=4, maxticks=10)
+    axis = axes[-1].xaxis
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(ConciseDateFormatter(locator, tz=tz))
 
 
 def _compact(value: float, _position=None) -> str:
@@ -65,32 +53,83 @@ def _compact(value: float, _position=None) -> str:
     return f"{value:g}"
 
 
-def price_chart(path: str, title: str, bars: Sequence[Any]) -> None:
-    """Write a chart of ``bars`` (objects with timestamp/bucket, open, high, low, close,
-    volume) to ``path``: candles up to :data:`MAX_CANDLES` bars, else the close line,
-    with a volume panel. The format follows the extension (png, svg, pdf...)."""
+def _boxes(x, bottoms, tops, width: float, colors, gid: str, **style):
+    """One ``PolyCollection`` of rectangles centred on ``x`` (matplotlib day numbers), ``width`` days wide."""
+    from matplotlib.collections import PolyCollection
+
+    half = width / 2
+    return PolyCollection([((t - half, b), (t - half, top), (t + half, top), (t + half, b))
+                           for t, b, top in zip(x, bottoms, tops)],
+                          facecolors=colors, edgecolors=colors, gid=gid, **style)
+
+
+def _broken(x, values, width: float):
+    """``(x, values)`` with a NaN point wherever more than :data:`GAP_BARS` bars are missing, so a
+    line is not drawn across a night or a weekend."""
+    xs, ys = [], []
+    for i, (t, v) in enumerate(zip(x, values)):
+        if i and t - x[i - 1] > GAP_BARS * width:
+            xs.append((t + x[i - 1]) / 2)
+            ys.append(float("nan"))
+        xs.append(t)
+        ys.append(v)
+    return xs, ys
+
+
+def price_figure(title: str, bars: Sequence[Any], width: dt.timedelta, *, candles: bool | None = None,
+                 tz: dt.tzinfo | None = None):
+    """A figure of ``bars`` (objects with timestamp/bucket, open, high, low, close, volume)
+    ``width`` wide each, over a volume panel, on a calendar time axis in ``tz``.
+
+    Candles (``PolyCollection`` bodies with gid ``candle-bodies`` over a
+    ``LineCollection`` of wicks, gid ``candle-wicks``) when ``candles`` is true;
+    ``None`` chooses them for daily and wider bars and for up to
+    :data:`MAX_CANDLES` narrower ones, else the close line over the high-low band.
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.dates import date2num
+
     figure, (price, volume) = _figure([3, 1])
     times = [getattr(b, "timestamp", None) or b.bucket for b in bars]
+    days = width / dt.timedelta(days=1)
+    # A bar labelled by its start covers [start, start + width): drawn over that span, so a
+    # daily candle stands over its own day, between that day's tick and the next.
+    x = [float(t) + days / 2 for t in date2num(times)]
     opens, highs, lows, closes = ([float(getattr(b, k)) for b in bars] for k in ("open", "high", "low", "close"))
     volumes = [float(b.volume) for b in bars]
-    positions = range(len(bars))
     colors = [UP if c >= o else DOWN for o, c in zip(opens, closes)]
-    if len(bars) <= MAX_CANDLES:
-        price.vlines(positions, lows, highs, colors=colors, linewidth=1)
-        bodies = [max(abs(c - o), (h - l) * 0.02 or 0.01) for o, c, h, l in zip(opens, closes, highs, lows)]
-        price.bar(positions, bodies, bottom=[min(o, c) for o, c in zip(opens, closes)], width=0.7, color=colors)
+    if candles is None:
+        candles = width >= dt.timedelta(hours=23) or len(bars) <= MAX_CANDLES
+    thin = 0.6 if len(bars) > MAX_CANDLES else 1.0
+    if candles:
+        price.add_collection(LineCollection([((t, lo), (t, hi)) for t, lo, hi in zip(x, lows, highs)],
+                                            colors=colors, linewidths=thin, gid="candle-wicks"))
+        price.add_collection(_boxes(x, [min(o, c) for o, c in zip(opens, closes)],
+                                    [max(o, c) for o, c in zip(opens, closes)], 0.7 * days, colors,
+                                    "candle-bodies", linewidths=thin / 2))
     else:
-        price.plot(positions, closes, color=LINE, linewidth=1)
-        price.fill_between(positions, lows, highs, color=LINE, alpha=0.15, linewidth=0)
-    volume.bar(positions, volumes, width=0.8, color=colors, alpha=0.7)
+        price.plot(*_broken(x, closes, days), color=LINE, linewidth=1, gid="close-line")
+        band_x, band_low = _broken(x, lows, days)
+        price.fill_between(band_x, band_low, _broken(x, highs, days)[1], color=LINE, alpha=0.15, linewidth=0)
+    volume.add_collection(_boxes(x, [0.0] * len(bars), volumes, 0.8 * days, colors, "volume", alpha=0.7,
+                                 linewidths=0))
+    for panel in (price, volume):
+        panel.autoscale_view()
+        panel.grid(alpha=0.3)
+    volume.set_ylim(bottom=0)
+    price.set_xlim(min(x) - days, max(x) + days)  # half a bar of margin on either side
     price.set_title(title)
     price.set_ylabel("price")
     volume.set_ylabel("volume")
     volume.yaxis.set_major_formatter(_compact)
-    price.grid(alpha=0.3)
-    volume.grid(alpha=0.3)
-    _time_axis((price, volume), times)
-    figure.savefig(path)
+    _time_axis((price, volume), tz)
+    return figure
+
+
+def price_chart(path: str, title: str, bars: Sequence[Any], width: dt.timedelta,
+                tz: dt.tzinfo | None = None) -> None:
+    """Write :func:`price_figure` of ``bars`` to ``path``; the format follows the extension (png, svg, pdf...)."""
+    price_figure(title, bars, width, tz=tz).savefig(path)
 
 
 def equity_points(curve: Any) -> list[tuple[dt.datetime | None, float]]:
@@ -125,7 +164,13 @@ def equity_chart(path: str, title: str, points: Sequence[tuple[dt.datetime | Non
     """Write the equity curve and its drawdown below it to ``path``."""
     figure, (equity, drawdown) = _figure([3, 1])
     values = [v for _, v in points]
-    positions = range(len(values))
+    times = [t for t, _ in points]
+    if all(times):
+        from matplotlib.dates import date2num
+
+        positions = date2num(times)
+    else:
+        positions = range(len(values))
     peak, drawdowns = values[0], []
     for value in values:
         peak = max(peak, value)
@@ -138,9 +183,8 @@ def equity_chart(path: str, title: str, points: Sequence[tuple[dt.datetime | Non
     drawdown.set_ylabel("drawdown %")
     equity.grid(alpha=0.3)
     drawdown.grid(alpha=0.3)
-    times = [t for t, _ in points]
     if all(times):
-        _time_axis((equity, drawdown), times)
+        _time_axis((equity, drawdown), None)
     else:
         drawdown.set_xlabel("step")
     figure.savefig(path)

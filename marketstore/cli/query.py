@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import click
 
+from ..intervals import zone
 from ..models import ORDER_STATUSES, SIGNAL_TYPES
 from ..repositories import (PRICE_COLUMNS, ArticleRepository, BacktestResultRepository, OrderRepository, PriceBar,
-                            TradingSignalRepository)
-from .common import command, emit, format_option, range_options, read_bars, write_parquet
+                            PriceRepository, PriceSeries, TradingSignalRepository)
+from ..repositories.prices import FILLS
+from .common import (command, emit, format_option, interval_option, range_options, read_bars, read_frame,
+                     stored_hint, tz_option, write_parquet)
 from .output import FORMATS, render
 
 
@@ -14,7 +17,7 @@ from .output import FORMATS, render
 def group() -> None:
     """Read stored data as a table, CSV or JSON.
 
-    Prices, articles, signals, orders and backtests.
+    Prices (and the series stored), articles, signals, orders and backtests.
 
     \b
     Example:
@@ -26,48 +29,90 @@ def group() -> None:
 @group.command("prices")
 @click.argument("symbol")
 @range_options
-@click.option("--bucket", default=None, metavar="WIDTH", help="Resample in SQL into bars of WIDTH: 5m, 1h, 1d, 1w.")
-@click.option("--interval", default="1m", show_default=True, help="Bar interval to read.")
+@click.option("--bucket", default=None, metavar="WIDTH",
+              help="Resample in SQL into bars of WIDTH: 5m, 1h, 1d, 1w, 1mo, 1y.")
+@tz_option
+@interval_option
+@click.option("--fill", type=click.Choice(FILLS), default=None,
+              help="With --bucket, --start and --end: every bucket of the range; an empty one has NaN prices "
+                   "(nan) or the previous close (locf), volume 0. Needs the 'frames' extra; prices are float64.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS + ("parquet",)), default="table", show_default=True,
               help="table for a person; csv or json for a pipe; parquet (with --out) for a frame.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, metavar="FILE",
               help="Write to FILE instead of the terminal (required for --format parquet).")
 @command
-def query_prices(symbol: str, start: str, end: str, bucket: str | None, interval: str, fmt: str,
-                 out: str | None) -> None:
+def query_prices(symbol: str, start, end, bucket: str | None, tz: str | None, interval: str | None,
+                 fill: str | None, fmt: str, out: str | None) -> None:
     """Price bars of SYMBOL with start <= time < end, oldest first.
 
-    CSV output without --bucket has the columns `ingest prices` reads.
-    Parquet (the 'frames' extra): columns symbol, timestamp (UTC), open, high,
-    low, close, volume as float64 (and bars with --bucket), no index: a file
-    `ingest prices` reads back.
+    Reads the interval stored for SYMBOL (--interval when it has several).
+    With --bucket, bars of that width are built in SQL, aligned in --tz and
+    labelled by their start in that zone. CSV output without --bucket has
+    the columns `ingest prices` reads. Parquet (the 'frames' extra): columns
+    symbol, timestamp, open, high, low, close, volume as float64 (and bars
+    with --bucket), no index: a file `ingest prices` reads back.
 
     \b
     Example:
       marketstore query prices AAPL --start 2024-03-08 --end 2024-03-09 --bucket 1h
+      marketstore query prices AAPL --start 2024-03-01 --end 2024-04-01 --bucket 1d --tz America/New_York
       marketstore query prices AAPL --start 2024-03-08T14:30 --end 2024-03-08T15:00 --format json
       marketstore query prices AAPL --start 2024-03-01 --end 2024-04-01 --format parquet --out bars.parquet
     """
     if fmt == "parquet":
         if not out:
             raise click.UsageError("--format parquet writes a file: give --out FILE")
-        count = write_parquet(symbol, start, end, bucket, interval, out)
+        count = write_parquet(symbol, start, end, bucket, interval, out, tz=tz, fill=fill)
         click.echo(f"Wrote {count:,} bars to {out}.", err=True)
+        if not count:
+            click.echo(f"(no rows: {stored_hint(symbol)})", err=True)
         return
-    bars = read_bars(symbol, start, end, bucket, interval)
-    if bucket:  # a bucket's start is its timestamp; "bars" counts the bars it holds
+    if fill:
+        table = read_frame(symbol, start, end, bucket, interval, tz=tz, fill=fill)
+        columns, rows = table.column_names, table.to_pylist()
+    elif bucket:  # a bucket's start is its timestamp; "bars" counts the bars it holds
+        bars = read_bars(symbol, start, end, bucket, interval, tz)
         values = [name for name in PriceBar._fields if name in PRICE_COLUMNS]
         columns = [*(name for name in PRICE_COLUMNS if name != "interval"), "bars"]
         rows = [{"symbol": symbol, "timestamp": b.bucket, "bars": b.count, **{v: getattr(b, v) for v in values}}
                 for b in bars]
     else:
+        bars = read_bars(symbol, start, end, bucket, interval, tz)
         columns = list(PRICE_COLUMNS)
         rows = [{name: getattr(b, name) for name in columns} for b in bars]
+        if tz:  # shown in the zone asked for, as bucketed bars are (the instant is the same)
+            place = zone(tz)
+            for row in rows:
+                row["timestamp"] = row["timestamp"].astimezone(place)
+    table_columns = [c for c in columns if c not in ("symbol", "interval")]
     if out:
         with open(out, "w", encoding="utf-8") as handle:
             handle.write(render(rows, columns, fmt) + "\n")
-        return
-    emit(rows, columns, fmt, [c for c in columns if c not in ("symbol", "interval")])
+    elif rows or fmt != "table":
+        emit(rows, columns, fmt, table_columns)
+    if not rows:
+        # A person reading "(no rows)" needs to know what is stored instead (another interval, other dates).
+        line = f"(no rows: {stored_hint(symbol)})"
+        click.echo(line, err=bool(out) or fmt != "table")
+
+
+@group.command("series")
+@click.argument("symbols", nargs=-1, metavar="[SYMBOL]...")
+@format_option
+@command
+def query_series(symbols: tuple[str, ...], fmt: str) -> None:
+    """What is stored: one row per symbol and interval with its first and last bar (UTC).
+
+    All symbols, or only the SYMBOLs given. Index probes, not a scan of the bars.
+
+    \b
+    Example:
+      marketstore query series
+      marketstore query series AAPL MSFT --format json
+    """
+    found = PriceRepository().series(list(symbols) if symbols else None)
+    columns = list(PriceSeries._fields)
+    emit([s._asdict() for s in found], columns, fmt)
 
 
 @group.command("articles")
