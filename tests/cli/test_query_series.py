@@ -130,8 +130,6 @@ def test_a_bad_zone_or_bucket_is_one_line(goog, database_url):
     assert "'mo' for months" in fails("query", "prices", "GOOG", "--bucket", "1M", "--database", database_url)
 
 
-@pytest.mark.xfail(strict=True, reason="PriceRepository.frame(fill=...) sends its grid's parameters out of "
-                                       "order (QueryError from the server); the CLI only passes --fill on")
 def test_fill_gives_every_bucket_of_the_range(goog, database_url):
     found = json.loads(succeeds("query", "prices", "GOOG", "--start", "2012-01-06", "--end", "2012-01-10",
                                 "--bucket", "1d", "--fill", "locf", "--format", "json",
