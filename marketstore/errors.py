@@ -6,6 +6,8 @@ as ``__cause__``.
 """
 from __future__ import annotations
 
+import re
+
 import psycopg2
 import psycopg2.errorcodes
 import peewee
@@ -214,6 +216,8 @@ def translate(exc: BaseException, context: str = "") -> MarketstoreError:
     first = message[0] if message else ""
     if code == _READ_ONLY_CODE or (code in _RECOVERY_CODES and ("recovery" in first or "read-only" in first)):
         return ReadOnlyError(text)
+    if code == "23505":  # unique_violation: the key as data, whichever path met it
+        return duplicate_key(driver)
     if code.startswith("23") or isinstance(exc, (peewee.IntegrityError, psycopg2.IntegrityError)):
         detail = getattr(getattr(driver, "diag", None), "message_detail", None)
         return IntegrityViolation(f"{text} ({detail})" if detail else text)
@@ -231,20 +235,36 @@ wherever both can arrive, or they would be translated (to themselves) again.
 class DuplicateKeyError(IntegrityViolation):
     """A row's unique key is already stored, or appears earlier in the same input.
 
-    Attributes: ``key`` (column name -> value, as the server printed them) and,
-    where known, ``source`` with ``line`` (a file, the header being line 1), or
-    ``row`` (1-based position among the rows given).
+    Attributes: ``key`` (column name -> value, as the server printed them),
+    ``constraint`` (the unique index or constraint, when the server named it)
+    and, where known, ``source`` with ``line`` (a file, the header being line
+    1), or ``row`` (1-based position among the rows given).
     """
 
     def __init__(self, key: dict, *, source: str | None = None, line: int | None = None,
-                 row: int | None = None):
+                 row: int | None = None, constraint: str | None = None):
         self.key = dict(key)
+        self.constraint = constraint
         self.source, self.line, self.row = source, line, row
+        named = f" ({constraint})" if constraint else ""
         super().__init__(_prefixed(self.location, f"the key ({', '.join(self.key)})="
-                                   f"({', '.join(map(str, self.key.values()))}) is already stored, "
+                                   f"({', '.join(map(str, self.key.values()))}) is already stored{named}, "
                                    "or appears earlier in the input"))
 
     @property
     def location(self) -> str:
         """Where the key was (:func:`location` of ``source``, ``line``, ``row``), or ``""``."""
         return location(self.source, self.line, self.row)
+
+
+_DUPLICATE = re.compile(r"Key \((.*)\)=\((.*)\) already exists")
+
+
+def duplicate_key(driver, **where) -> DuplicateKeyError:
+    """The unique violation ``driver`` (a psycopg2 error, SQLSTATE 23505) with its key as data."""
+    diag = getattr(driver, "diag", None)
+    found = _DUPLICATE.search(getattr(diag, "message_detail", None) or "")
+    # Column names and values are split on ", " (the key columns of our tables hold none in practice).
+    names = [n.strip('"') for n in found.group(1).split(", ")] if found else []
+    values = found.group(2).split(", ") if found else []
+    return DuplicateKeyError(dict(zip(names, values)), constraint=getattr(diag, "constraint_name", None), **where)

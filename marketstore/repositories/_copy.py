@@ -15,7 +15,7 @@ from typing import Protocol
 
 import psycopg2
 
-from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError
+from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError, duplicate_key
 from ..models import PRICE_INPUT_COLUMNS
 
 COPY_COLUMNS = ", ".join(f'"{c}"' for c in PRICE_INPUT_COLUMNS)
@@ -60,7 +60,6 @@ class CopySource(Protocol):
 
 # A server refusal names the COPY's line (and column) only in its context text.
 _COPY_ERROR = re.compile(r'COPY [\w.]+, line (\d+)(?:, column (\w+))?(?:: "(.*)")?', re.DOTALL)
-_DUPLICATE = re.compile(r"Key \((.*)\)=\((.*)\) already exists")
 
 
 def refused_line(exc: psycopg2.Error) -> tuple[int, str | None, str | None] | None:
@@ -73,12 +72,8 @@ def refused_line(exc: psycopg2.Error) -> tuple[int, str | None, str | None] | No
 
 
 def duplicate(exc: psycopg2.Error, **where) -> DuplicateKeyError:
-    """The unique violation ``exc`` (23505) with its key as data."""
-    found = _DUPLICATE.search(exc.diag.message_detail or "")
-    # Columns and values of the prices key hold no ", " (symbols and intervals match their patterns).
-    names = [n.strip('"') for n in found.group(1).split(", ")] if found else []
-    values = found.group(2).split(", ") if found else []
-    return DuplicateKeyError(dict(zip(names, values)), **where)
+    """The unique violation ``exc`` (23505) with its key as data, located."""
+    return duplicate_key(exc, **where)
 
 
 def refusal(exc: psycopg2.Error, source: CopySource) -> MarketstoreError | None:
