@@ -2,9 +2,11 @@
 import`` is ambiguous once tests/reliability has a conftest.py of its own)."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg2
 
@@ -26,6 +28,9 @@ from marketstore import (
     TradingSignalRepository,
 )
 from marketstore.models import MODELS, Article
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: README.md, setup.cfg
+UTC = dt.timezone.utc
 
 SERVER_TIMEOUT = 10.0  # upper bound for the server to notice a closed socket
 

@@ -1,4 +1,4 @@
-"""A repository given a connection runs every query on it (SPEC, connection layer).
+"""A repository given a connection runs every query on it.
 
 Two ``DatabaseConnection`` objects to two databases, used at once from eight
 threads with every repository: each database ends up with exactly its own

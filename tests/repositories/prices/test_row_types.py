@@ -1,4 +1,4 @@
-"""Issue 11 §1: rows of every natural type on ``copy_from``/``upsert_many``'s fast path.
+"""Rows of every natural type on ``copy_from``/``upsert_many``'s fast path.
 
 The fast path formats any row into a COPY line and lets the table's CHECKs
 judge it; a refusal is turned back into validation's own error. So the
@@ -83,7 +83,7 @@ class _Lines:
         return text
 
 
-# -- generated rows: every type of §1, good and bad values --------------------------------
+# -- generated rows: every natural type, good and bad values --------------------------------
 NUMPY_NUMBERS = (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint16)
 _ZONES = st.sampled_from([UTC, dt.timezone(dt.timedelta(hours=-5)), dt.timezone(dt.timedelta(hours=5, minutes=30)),
                           zoneinfo.ZoneInfo("America/New_York"), zoneinfo.ZoneInfo("Asia/Tokyo")])

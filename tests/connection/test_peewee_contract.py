@@ -3,7 +3,7 @@
 Users write Peewee code beside the repositories: queries outside a session
 (autoconnect), ``atomic()``, ``connection_context()``, ``with db:``, the pool
 API (``manual_close``, ``close_stale``, ``init``) and ``dispose()`` after
-``fork()``. Each test here failed on the pool that bypassed Peewee's hooks.
+``fork()``. A pool that bypassed Peewee's hooks would fail each of these.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frames in and out (issue 11 §2-§4): pandas, polars and Arrow against a real PostgreSQL.
+"""Frames in and out: pandas, polars and Arrow against a real PostgreSQL.
 
 Every write is checked from a raw connection; every frame read back is compared
 with what was written, value by value.
