@@ -28,8 +28,8 @@ from marketstore import (
     retry_transaction,
 )
 from marketstore.models import MODELS
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
 THREADS = 8
 ROUNDS = 3

@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import threading
 import time
-import uuid
 
 import peewee
 import pytest
@@ -27,18 +26,14 @@ from marketstore import (
 )
 from marketstore.database import PooledPostgresqlExtDatabase
 from playhouse.pool import MaxConnectionsExceeded
+from helpers import UTC, app_name
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
 
 
 def bar(symbol="PW", minute=0):
     return {"symbol": symbol, "timestamp": T0 + dt.timedelta(minutes=minute), "open": 1, "high": 2, "low": 1,
             "close": 2, "volume": 3}
-
-
-def app_name() -> str:
-    return f"mst_pw_{uuid.uuid4().hex[:8]}"
 
 
 def backends(raw, name) -> list[int]:

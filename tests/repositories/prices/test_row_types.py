@@ -17,25 +17,19 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from marketstore import DataValidationError, DuplicateKeyError, PriceRepository, get_db_session
+from marketstore import DataValidationError, DuplicateKeyError, get_db_session
 from marketstore.models import PRICE_COLUMNS
 from marketstore.models import validate_price_row as price_row
 from marketstore.repositories._copy import COPY_COLUMNS
 from marketstore.repositories._rows import copy_line, line_formatter
 
-from helpers import count_rows
+from helpers import UTC, count_rows
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 1, 9, 30)
 STORED = f"SELECT {COPY_COLUMNS} FROM prices ORDER BY symbol, \"interval\", \"timestamp\""
-
-
-@pytest.fixture
-def prices(db):
-    return PriceRepository()
 
 
 def stored(raw) -> list[tuple]:
