@@ -5,6 +5,8 @@ from click.testing import CliRunner, Result
 
 from marketstore.cli import main
 
+from helpers import count_rows as count  # noqa: F401 (the name the command-line tests use)
+
 
 def run(*args) -> Result:
     """Invoke ``marketstore ARGS``; an exception the command did not handle is re-raised."""
@@ -28,9 +30,3 @@ def fails(*args) -> str:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
-
-
-def count(raw, table: str, where: str = "TRUE") -> int:
-    with raw.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table} WHERE {where}")
-        return cur.fetchone()[0]

@@ -14,8 +14,9 @@ import psycopg2
 import pytest
 
 import marketstore
+from marketstore import PriceRepository
 
-from helpers import truncate_all
+from helpers import autocommit_connection, initialized
 
 
 def with_database(url: str, name: str) -> str:
@@ -69,17 +70,19 @@ def database_url(create_database) -> str:
 @pytest.fixture
 def raw(database_url):
     """A raw autocommit psycopg2 connection, independent of the pool under test."""
-    conn = psycopg2.connect(database_url)
-    conn.autocommit = True
-    yield conn
-    conn.close()
+    with autocommit_connection(database_url) as conn:
+        yield conn
 
 
 @pytest.fixture
 def db(database_url):
     """``marketstore.db_connection`` initialized on empty tables; closed afterwards."""
-    truncate_all(database_url)
-    connection = marketstore.initialize_database(database_url, pool_timeout=5)
-    yield connection
-    marketstore.close_database()
+    with initialized(database_url) as connection:
+        yield connection
 
+
+
+@pytest.fixture
+def prices(db):
+    """A ``PriceRepository`` on the initialized ``db``."""
+    return PriceRepository()

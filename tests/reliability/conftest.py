@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import atexit
 
-import psycopg2
 import pytest
 
 import marketstore
 
 from pgcluster import Cluster, ClusterUnavailable
-from reliability_helpers import DBNAME, app_name, truncate_all
+from helpers import autocommit_connection, initialized
+from reliability_helpers import DBNAME, app_name
 
 
 @pytest.fixture(scope="session")
@@ -46,16 +46,12 @@ def cluster_url(cluster) -> str:
 @pytest.fixture
 def admin(cluster_url):
     """A raw autocommit psycopg2 connection as the superuser, independent of the pool."""
-    conn = psycopg2.connect(cluster_url, application_name="reliability-admin")
-    conn.autocommit = True
-    yield conn
-    conn.close()
+    with autocommit_connection(cluster_url, application_name="reliability-admin") as conn:
+        yield conn
 
 
 @pytest.fixture
 def store(cluster_url):
     """``marketstore.db_connection`` on empty tables with a unique application_name."""
-    truncate_all(cluster_url)
-    connection = marketstore.initialize_database(cluster_url, pool_timeout=5, application_name=app_name())
-    yield connection
-    marketstore.close_database()
+    with initialized(cluster_url, application_name=app_name()) as connection:
+        yield connection

@@ -1,10 +1,8 @@
 """Small helpers shared by the reliability tests: server-side views and fault injection."""
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 
 import peewee
@@ -12,18 +10,10 @@ import psycopg2
 
 import marketstore
 from marketstore.models import MODELS
-from helpers import count_rows, eventually, truncate_all  # noqa: F401 (re-exported to the reliability tests)
+from helpers import UTC, app_name, backend_pid, count_rows, eventually, price_row, truncate_all  # noqa: F401
 
-UTC = dt.timezone.utc
 DBNAME = "marketstore"  # the migrated database on the throwaway cluster
 DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException)
-
-
-def app_name() -> str:
-    """A unique application_name, so server-side counts see only one test's pool."""
-    return f"rel_{uuid.uuid4().hex[:10]}"
-
-
 
 
 def query(conn, sql: str, params=None) -> list[tuple]:
@@ -52,12 +42,6 @@ def kill_backend(admin, pid: int, wait: bool = True) -> bool:
     return killed
 
 
-def backend_pid(db) -> int:
-    return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
-
-
-
-
 def snapshot(conn) -> dict[str, tuple]:
     """Row count and a digest of every table's content: equal snapshots, equal data."""
     result = {}
@@ -66,13 +50,6 @@ def snapshot(conn) -> dict[str, tuple]:
         result[table] = query(conn, f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) "
                                     f"FROM {table} t")[0]
     return result
-
-
-def price_row(n: int = 0, symbol: str = "AAPL", **overrides) -> dict:
-    row = dict(symbol=symbol, timestamp=dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(minutes=n),
-               open=10, high=12, low=9, close=11, volume=100)
-    row.update(overrides)
-    return row
 
 
 def order_row(order_id: str, **overrides) -> dict:

@@ -57,10 +57,9 @@ from marketstore import (
 from marketstore.models import config_hash
 from marketstore.validation import MAX_JSON_BYTES, MAX_TEXT_CHARS
 
-from helpers import REPOSITORIES
+from helpers import REPOSITORIES, UTC
 from reliability_helpers import count_rows, pgcodes, query, snapshot
 
-UTC = dt.timezone.utc
 _unique = itertools.count(1)
 
 

@@ -32,11 +32,6 @@ from marketstore import (
 
 from reliability_helpers import Threads, backend_pid, chain, kill_backend, order_row, pgcodes, query
 
-needs_retry_transaction = pytest.mark.xfail(
-    not hasattr(marketstore, "retry_transaction"), raises=AttributeError, strict=True,
-    reason="marketstore.retry_transaction does not exist yet (implementation proposed in the issue-6 report)",
-)
-
 
 @pytest.fixture
 def two_orders(store):
@@ -91,7 +86,6 @@ def test_opposite_lock_order_deadlock_gives_exactly_one_serialization_failure(tw
     assert store.pool_status()["in_use"] == 0
 
 
-@needs_retry_transaction
 def test_retry_transaction_completes_both_deadlocked_transactions(two_orders, store, admin):
     retry_transaction = marketstore.retry_transaction
     one, two = two_orders
@@ -135,7 +129,6 @@ def test_a_concurrent_update_under_repeatable_read_is_a_serialization_failure(tw
     assert filled(admin, one) == (10,)
 
 
-@needs_retry_transaction
 @pytest.mark.parametrize("conflicts, retries", [(0, 3), (1, 3), (3, 3), (2, 5)])
 def test_retry_transaction_reruns_until_success_and_returns_the_result(two_orders, admin, conflicts, retries):
     one, _ = two_orders
@@ -151,7 +144,6 @@ def test_retry_transaction_reruns_until_success_and_returns_the_result(two_order
     assert filled(admin, one) == (10 * conflicts + 1,)  # exactly one of our attempts committed
 
 
-@needs_retry_transaction
 @pytest.mark.parametrize("retries", [0, 1, 3])
 def test_retry_transaction_gives_up_after_retries_and_reraises_the_last_failure(two_orders, admin, retries):
     one, _ = two_orders
@@ -173,7 +165,6 @@ def test_retry_transaction_gives_up_after_retries_and_reraises_the_last_failure(
     assert filled(admin, one) == (10 * (retries + 1),)  # none of our attempts committed
 
 
-@needs_retry_transaction
 def test_retry_transaction_backs_off_exponentially_up_to_the_cap(two_orders, admin):
     one, _ = two_orders
     calls: list[float] = []
@@ -191,7 +182,6 @@ def test_retry_transaction_backs_off_exponentially_up_to_the_cap(two_orders, adm
     assert sum(gaps) >= (0.08 + 0.16 + 0.32 + 0.32) / 2
 
 
-@needs_retry_transaction
 @pytest.mark.parametrize("failure", ["integrity", "value-error", "connection-lost"])
 def test_retry_transaction_does_not_retry_other_errors(two_orders, store, admin, failure):
     calls = []
@@ -214,7 +204,6 @@ def test_retry_transaction_does_not_retry_other_errors(two_orders, store, admin,
     assert calls == [1]
 
 
-@needs_retry_transaction
 def test_retry_transaction_inside_an_open_session_does_not_retry(two_orders, admin):
     one, two = two_orders
     calls = []
@@ -232,7 +221,6 @@ def test_retry_transaction_inside_an_open_session_does_not_retry(two_orders, adm
     assert filled(admin, one, two) == (10, 0)
 
 
-@needs_retry_transaction
 def test_retry_transaction_as_a_decorator_retries_every_call_and_passes_arguments(two_orders, admin):
     one, two = two_orders
     calls = []
@@ -260,7 +248,6 @@ def test_retry_transaction_as_a_decorator_retries_every_call_and_passes_argument
     assert calls.count(one) == 2 + 4
 
 
-@needs_retry_transaction
 @pytest.mark.parametrize("bad", [dict(retries=-1), dict(retries=1.5), dict(retries=True),
                                  dict(backoff=-0.1), dict(backoff=float("nan")), dict(max_backoff=float("inf"))])
 def test_retry_transaction_refuses_bad_arguments(store, bad):

@@ -56,8 +56,8 @@ from reliability_helpers import (
     query,
     truncate_all,
 )
+from helpers import UTC
 
-UTC = dt.timezone.utc
 
 
 def new_password() -> str:

@@ -44,8 +44,8 @@ from marketstore import (
 )
 
 from reliability_helpers import Threads, app_name, backends, eventually, query
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
 WORKERS = 30
 NEXT_STATUS = {"pending": "submitted", "submitted": "partially_filled", "partially_filled": "filled"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-import psycopg2
 
+from helpers import autocommit_connection
 from pgcluster import Cluster
 
 DBNAME = "marketstore"
@@ -26,14 +26,9 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
 
 def scalar(url: str, sql: str, params=None):
     """One value from a fresh autocommit connection (independent of the code under test)."""
-    conn = psycopg2.connect(url, connect_timeout=5)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    with autocommit_connection(url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
 
 
 def wait_replayed(primary_url: str, standby_url: str, timeout: float = REPLAY_TIMEOUT) -> None:

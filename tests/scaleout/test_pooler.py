@@ -8,8 +8,8 @@ import pytest
 
 import marketstore
 from marketstore import DatabaseConnection, QueryError, DatabaseConnectionError
+from helpers import UTC
 
-UTC = dt.timezone.utc
 
 
 @pytest.fixture

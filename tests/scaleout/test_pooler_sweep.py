@@ -21,8 +21,8 @@ from marketstore import (
     SentimentScoreRepository,
     TradingSignalRepository,
 )
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, 9, 30, tzinfo=UTC)
 DAY = dt.timedelta(days=1)
 REPOSITORIES = [PriceRepository, ArticleRepository, SentimentScoreRepository, EventRepository,

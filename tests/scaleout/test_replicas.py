@@ -21,10 +21,9 @@ from marketstore import (
     database_proxy,
 )
 from scaleout_helpers import scalar, wait_for
+from helpers import T0, UTC
 
-UTC = dt.timezone.utc
 MAX_LAG = 1.0
-T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 
 
 def bar(symbol: str, minute: int = 0) -> dict:

@@ -23,8 +23,8 @@ import psycopg2  # noqa: E402
 import marketstore  # noqa: E402
 from pgcluster import free_port  # noqa: E402
 from service_process import APP_DIR, Service  # noqa: E402
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 WORKERS = 2
 

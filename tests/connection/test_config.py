@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import traceback
-from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 import marketstore
 from marketstore import ConfigurationError, Settings, load_settings
 from marketstore.config import SETTINGS
+
+from helpers import ROOT
 
 URL = "postgresql://alice:s3cr3t-pw@db.example:6543/market"
 BASE = {"MARKETSTORE_DATABASE_URL": URL}
@@ -234,7 +235,7 @@ def test_settings_are_immutable():
 
 # -- the settings table and the README ------------------------------------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 # Rows of the README's table that are not fields of Settings.
 NOT_SETTINGS = {"MARKETSTORE_DATABASE_URL", "MARKETSTORE_EMBEDDED_DIR"}
 

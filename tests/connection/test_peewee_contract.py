@@ -3,7 +3,7 @@
 Users write Peewee code beside the repositories: queries outside a session
 (autoconnect), ``atomic()``, ``connection_context()``, ``with db:``, the pool
 API (``manual_close``, ``close_stale``, ``init``) and ``dispose()`` after
-``fork()``. Each test here failed on the pool that bypassed Peewee's hooks.
+``fork()``. A pool that bypassed Peewee's hooks would fail each of these.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import threading
 import time
-import uuid
 
 import peewee
 import pytest
@@ -27,18 +26,14 @@ from marketstore import (
 )
 from marketstore.database import PooledPostgresqlExtDatabase
 from playhouse.pool import MaxConnectionsExceeded
+from helpers import UTC, app_name
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
 
 
 def bar(symbol="PW", minute=0):
     return {"symbol": symbol, "timestamp": T0 + dt.timedelta(minutes=minute), "open": 1, "high": 2, "low": 1,
             "close": 2, "volume": 3}
-
-
-def app_name() -> str:
-    return f"mst_pw_{uuid.uuid4().hex[:8]}"
 
 
 def backends(raw, name) -> list[int]:

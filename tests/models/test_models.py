@@ -35,9 +35,8 @@ from marketstore import (
     get_db_session,
 )
 from marketstore.models import config_hash
-from helpers import REPOSITORIES, count_rows
+from helpers import REPOSITORIES, UTC, count_rows
 
-UTC = dt.timezone.utc
 NAN, INF = float("nan"), float("inf")
 MISSING = object()  # drop the field from the valid row
 

@@ -28,9 +28,8 @@ from marketstore import (
     get_db_session,
 )
 from marketstore.models import OrderEvent
-from helpers import count_rows
+from helpers import UTC, count_rows
 
-UTC = dt.timezone.utc
 DRIVER_ERRORS = (psycopg2.Error, peewee.PeeweeException)
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -363,3 +362,10 @@ def test_repository_calls_in_one_session_are_atomic(db, raw):
             OrderRepository().create(**order(1))  # duplicate order_id
     assert count_rows(raw, "orders") == 0
     assert count_rows(raw, "prices") == 0
+
+
+def test_bulk_create_names_the_row_and_the_bare_field(db):
+    with pytest.raises(DataValidationError) as info:
+        ArticleRepository().bulk_create([{"title": "a"}, {"title": "b", "symbols": "AAPL"}])
+    assert (info.value.row, info.value.field) == (2, "symbols")
+

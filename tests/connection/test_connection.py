@@ -5,7 +5,6 @@ that other tests (and other engineers on the same server) cannot skew the count.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from contextlib import contextmanager
 
 import peewee
@@ -36,15 +34,7 @@ from marketstore import (
     initialize_database,
 )
 from marketstore import pool as pool_module
-from helpers import count_rows, eventually
-
-UTC = dt.timezone.utc
-
-
-
-
-def app_name() -> str:
-    return f"mst_{uuid.uuid4().hex[:10]}"
+from helpers import app_name, backend_pid, count_rows, eventually, price_row
 
 
 def server_connections(raw, application_name: str) -> int:
@@ -62,17 +52,11 @@ def backend_alive(raw, pid: int) -> bool:
         return cur.fetchone()[0] > 0
 
 
-
-
 def kill_backend(raw, pid: int) -> None:
     with raw.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert cur.fetchone()[0] is True
     assert eventually(lambda: backend_alive(raw, pid), False) is False
-
-
-def backend_pid(db) -> int:
-    return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
 @contextmanager
@@ -116,11 +100,6 @@ def held_sessions(n: int, connection=None):
         assert not any(t.is_alive() for t in threads), "a session thread did not finish"
     if errors:
         raise errors[0]
-
-
-def price_row(n: int = 0, symbol: str = "AAPL") -> dict:
-    return dict(symbol=symbol, timestamp=dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(minutes=n),
-                open=10, high=12, low=9, close=11, volume=100)
 
 
 # -- pool limits ---------------------------------------------------------------

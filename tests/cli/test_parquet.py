@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 from cli_helpers import count, fails, run, succeeds
+from helpers import UTC
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 8, 14, 30, tzinfo=UTC)
 
 

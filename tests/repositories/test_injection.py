@@ -23,9 +23,8 @@ from marketstore import (
     TradingSignalRepository,
 )
 from marketstore.models import MODELS, config_hash
+from helpers import T0, UTC
 
-UTC = dt.timezone.utc
-T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 DAY = (T0, T0 + dt.timedelta(days=1))
 
 PAYLOADS = [

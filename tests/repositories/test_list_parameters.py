@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from helpers import sent_statements
+from helpers import MINUTE, UTC, sent_statements
 from marketstore import (
     ArticleRepository,
     BacktestResultRepository,
@@ -18,9 +18,7 @@ from marketstore import (
     TradingSignalRepository,
 )
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 6, tzinfo=UTC)
-MINUTE = dt.timedelta(minutes=1)
 SYMBOLS = ("AAPL", "MSFT", "NVDA")
 
 

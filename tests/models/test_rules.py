@@ -13,8 +13,8 @@ from marketstore.migrations import DatabaseMigration
 from marketstore.models import MODELS
 from marketstore.repositories import _frame_chunks
 from marketstore.rules import Bound, Choice
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 8, 14, 30, tzinfo=UTC)
 
 

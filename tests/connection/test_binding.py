@@ -1,4 +1,4 @@
-"""A repository given a connection runs every query on it (SPEC, connection layer).
+"""A repository given a connection runs every query on it.
 
 Two ``DatabaseConnection`` objects to two databases, used at once from eight
 threads with every repository: each database ends up with exactly its own
@@ -28,8 +28,8 @@ from marketstore import (
     retry_transaction,
 )
 from marketstore.models import MODELS
+from helpers import UTC
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
 THREADS = 8
 ROUNDS = 3

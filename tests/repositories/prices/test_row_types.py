@@ -1,4 +1,4 @@
-"""Issue 11 §1: rows of every natural type on ``copy_from``/``upsert_many``'s fast path.
+"""Rows of every natural type on ``copy_from``/``upsert_many``'s fast path.
 
 The fast path formats any row into a COPY line and lets the table's CHECKs
 judge it; a refusal is turned back into validation's own error. So the
@@ -17,25 +17,19 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from marketstore import DataValidationError, DuplicateKeyError, PriceRepository, get_db_session
+from marketstore import DataValidationError, DuplicateKeyError, get_db_session
 from marketstore.models import PRICE_COLUMNS
 from marketstore.models import validate_price_row as price_row
 from marketstore.repositories._copy import COPY_COLUMNS
 from marketstore.repositories._rows import copy_line, line_formatter
 
-from helpers import count_rows
+from helpers import UTC, count_rows
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 1, 9, 30)
 STORED = f"SELECT {COPY_COLUMNS} FROM prices ORDER BY symbol, \"interval\", \"timestamp\""
-
-
-@pytest.fixture
-def prices(db):
-    return PriceRepository()
 
 
 def stored(raw) -> list[tuple]:
@@ -83,7 +77,7 @@ class _Lines:
         return text
 
 
-# -- generated rows: every type of §1, good and bad values --------------------------------
+# -- generated rows: every natural type, good and bad values --------------------------------
 NUMPY_NUMBERS = (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint16)
 _ZONES = st.sampled_from([UTC, dt.timezone(dt.timedelta(hours=-5)), dt.timezone(dt.timedelta(hours=5, minutes=30)),
                           zoneinfo.ZoneInfo("America/New_York"), zoneinfo.ZoneInfo("Asia/Tokyo")])

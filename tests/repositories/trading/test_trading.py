@@ -21,9 +21,8 @@ from marketstore import (
 )
 from marketstore.models import config_hash
 from marketstore.repositories import FILL_STATUSES, ORDER_MOVES
-from helpers import count_rows
+from helpers import UTC, count_rows
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 6, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 FINAL = {"filled", "cancelled", "rejected"}

@@ -1,5 +1,5 @@
-"""One reader of price files: ``copy_from(path)`` and ``upsert_many(path)`` give a file the same verdict,
-and errors carry where and what as attributes (``source``, ``line``, ``row``, ``field``, ``value``)."""
+"""``copy_from(path)`` and ``upsert_many(path)`` read a price file alike: the same rows stored, the same
+verdict, and errors that carry where and what as attributes (``source``, ``line``, ``field``, ``value``)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,17 +8,12 @@ import threading
 from decimal import Decimal
 
 import pytest
-from cli_helpers import fails
 
-from marketstore import DataValidationError, DuplicateKeyError, PriceRepository
-from marketstore.repositories import ArticleRepository
+from marketstore import DataValidationError, DuplicateKeyError
 
-from helpers import count_rows
+from helpers import HEADER, T0, count_rows
 
-HEADER = "symbol,timestamp,open,high,low,close,volume"
 HEADER8 = HEADER + ",interval"
-UTC = dt.timezone.utc
-T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 METHODS = ["copy_from", "upsert_many"]
 
 
@@ -26,11 +21,6 @@ def stored(raw) -> list[tuple]:
     with raw.cursor() as cur:
         cur.execute('SELECT symbol, "interval", "timestamp", close FROM prices ORDER BY 1, 2, 3')
         return cur.fetchall()
-
-
-@pytest.fixture
-def prices(db):
-    return PriceRepository()
 
 
 # (name, file text, interval=, the rows stored) for files both readers load
@@ -148,84 +138,3 @@ def test_a_file_that_cannot_be_read_is_a_validation_error_naming_it(prices, tmp_
     with pytest.raises(DataValidationError) as info:
         getattr(prices, method)(path)
     assert (info.value.field, info.value.source, info.value.line) == ("path", str(path), None)
-
-
-# -- rows: the 1-based position as ``row`` -------------------------------------------
-
-def _bar(minute: int, **changes) -> dict:
-    row = {"symbol": "AAA", "timestamp": T0 + dt.timedelta(minutes=minute), "open": Decimal(1),
-           "high": Decimal(2), "low": Decimal(1), "close": Decimal(2), "volume": Decimal(3)}
-    return {**row, **changes}
-
-
-@pytest.mark.parametrize("method", ["copy_from", "upsert_many", "bulk_create"])
-def test_rows_given_as_lists_name_their_row(prices, raw, method):
-    rows = [list(_bar(m).values()) for m in range(5)]
-    rows[3][5] = "x"  # close
-    if method == "bulk_create":  # bulk_create takes mappings
-        rows = [dict(zip(_bar(0), r)) for r in rows]
-    with pytest.raises(DataValidationError) as info:
-        getattr(prices, method)(rows)
-    assert (info.value.row, info.value.field, info.value.value) == (4, "close", "x")
-    assert (info.value.source, info.value.line) == (None, None)
-    assert str(info.value).startswith("row 4: close='x'")
-    assert count_rows(raw, "prices") == 0
-
-
-def test_a_row_of_the_wrong_shape_names_its_row(prices):
-    with pytest.raises(DataValidationError) as info:
-        prices.copy_from([_bar(0), ["AAA", T0]])
-    assert (info.value.row, info.value.field) == (2, "row")
-
-
-def test_a_duplicate_row_names_its_row(prices, raw):
-    with pytest.raises(DuplicateKeyError) as info:
-        prices.copy_from([_bar(0), _bar(1), _bar(0)])
-    assert (info.value.row, info.value.source, info.value.line) == (3, None, None)
-    assert info.value.key["symbol"] == "AAA"
-    assert count_rows(raw, "prices") == 0
-
-
-def test_bulk_create_names_the_row_and_the_bare_field(db):
-    with pytest.raises(DataValidationError) as info:
-        ArticleRepository().bulk_create([{"title": "a"}, {"title": "b", "symbols": "AAPL"}])
-    assert (info.value.row, info.value.field) == (2, "symbols")
-
-
-# -- the command line builds its line from the attributes ------------------------------
-
-@pytest.mark.parametrize("text", [
-    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n,,,,,,\n",
-    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,lots\n",
-    f"{HEADER}\nAAA,2024-01-02T25:00,1,2,1,2,3\n",
-    f"{HEADER},vwap\n",
-])
-@pytest.mark.parametrize("upsert", [False, True])
-def test_the_cli_line_for_a_bad_file_is_built_from_the_error(prices, raw, tmp_path, database_url, text, upsert):
-    path = tmp_path / "bad.csv"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(DataValidationError) as info:
-        (prices.upsert_many if upsert else prices.copy_from)(path)
-    error = info.value
-    line = fails("ingest", "prices", path, *(["--upsert"] if upsert else []), "--database", database_url)
-    assert line == (f"Error: {error.source}: line {error.line}, field '{error.field}': got {error.value!r}, "
-                    f"expected {error.expected}")
-    assert count_rows(raw, "prices") == 0
-
-
-def test_the_cli_line_for_a_duplicate_bar_names_the_line_and_the_key(prices, tmp_path, database_url):
-    path = tmp_path / "twice.csv"
-    path.write_text(f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,2024-01-02,1,2,1,2,3\n", encoding="utf-8")
-    line = fails("ingest", "prices", path, "--database", database_url)
-    assert line.startswith(f"Error: {path}: line 3: the bar (AAA, 1m, 2024-01-02 00:00:00+00) is already stored")
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_a_query_is_refused_up_front_by_either(prices, raw, method):
-    from marketstore import Price
-
-    prices.copy_from([_bar(0)])
-    with pytest.raises(DataValidationError) as info:
-        getattr(prices, method)(Price.select())  # iterated inside the COPY, it would need the busy connection
-    assert info.value.field == "rows_or_csv_path"
-    assert count_rows(raw, "prices") == 1

@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 import marketstore
-from helpers import sent_statements
+from helpers import MINUTE, UTC, sent_statements
 from marketstore import (
     ArticleRepository,
     BacktestResultRepository,
@@ -23,9 +23,7 @@ from marketstore import (
     TradingSignalRepository,
 )
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
-MINUTE = dt.timedelta(minutes=1)
 ROWS = 50_000
 
 SEED = f"""

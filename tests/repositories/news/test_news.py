@@ -19,9 +19,8 @@ from marketstore import (
     SentimentScoreRepository,
 )
 from marketstore.repositories import BUCKET_ORIGIN, SentimentBucket
-from helpers import count_rows, sent_statements
+from helpers import UTC, count_rows, sent_statements
 
-UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 4, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "META"]
@@ -487,3 +486,40 @@ def test_bad_parameters_are_refused(repo, method, args, kwargs, field):
     with pytest.raises(DataValidationError) as info:
         getattr(repo(), method)(*args, **kwargs)
     assert info.value.field == field
+
+
+# -- sentiment ranges: closed intervals ------------------------------------------
+
+SENTIMENT_CASES = [
+    ("score", -1, True), ("score", 1, True), ("score", -1.0, True), ("score", 1.0, True),
+    ("confidence", 0, True), ("confidence", 1, True),
+    ("score", -1.0000001, False), ("score", 1.0000001, False),
+    ("confidence", -0.0000001, False), ("confidence", 1.0000001, False),
+]
+
+
+@pytest.mark.parametrize("field, value, accepted", SENTIMENT_CASES,
+                         ids=[f"{f}={v!r}" for f, v, _ in SENTIMENT_CASES])
+def test_sentiment_bounds_are_inclusive(db, raw, field, value, accepted):
+    article = ArticleRepository().create(title="Edge case")
+    row = {"article": article, "score": 0.5, "confidence": 0.5, "model": "edge", field: value}
+    scores = SentimentScoreRepository()
+    if accepted:
+        stored = scores.create(**row)
+        assert getattr(stored, field) == value
+    else:
+        with pytest.raises(DataValidationError) as info:
+            scores.create(**row)
+        assert (info.value.field, info.value.value) == (field, value)
+
+    # The CHECK constraint, the second line of defence, draws the same line.
+    other = {"score": 0.5, "confidence": 0.5, field: value}
+    sql = ("INSERT INTO sentiment_scores (article_id, score, confidence, model) "
+           "VALUES (%s, %s, %s, 'raw')")
+    with raw.cursor() as cur:
+        if accepted:
+            cur.execute(sql, (article.id, other["score"], other["confidence"]))
+        else:
+            with pytest.raises(psycopg2.errors.CheckViolation):
+                cur.execute(sql, (article.id, other["score"], other["confidence"]))
+

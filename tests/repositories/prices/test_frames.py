@@ -1,4 +1,4 @@
-"""Frames in and out (issue 11 §2-§4): pandas, polars and Arrow against a real PostgreSQL.
+"""Frames in and out: pandas, polars and Arrow against a real PostgreSQL.
 
 Every write is checked from a raw connection; every frame read back is compared
 with what was written, value by value.
@@ -17,13 +17,12 @@ from hypothesis import strategies as st
 
 import marketstore
 from marketstore import DataValidationError, DuplicateKeyError, MissingExtraError, PriceRepository
+from helpers import T0, UTC
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
 np = pytest.importorskip("numpy")
 
-UTC = dt.timezone.utc
-T0 = dt.datetime(2024, 1, 2, tzinfo=UTC)
 
 
 def bars(n: int = 50, seed: int = 7):

@@ -17,9 +17,11 @@ import click
 import pytest
 from cli_helpers import count, fails, succeeds
 
+from marketstore import DataValidationError
 from marketstore.cli import main
 
-HEADER = "symbol,timestamp,open,high,low,close,volume"
+from helpers import HEADER, count_rows
+
 
 
 def _commands(group: click.Group, path=()):
@@ -365,3 +367,32 @@ def test_ingest_articles_refuses_a_bad_line_and_loads_nothing(db, raw, tmp_path,
     if field:
         assert f"field '{field}'" in message
     assert count(raw, "articles") == 0
+
+
+# -- the command line builds its line from the attributes ------------------------------
+
+@pytest.mark.parametrize("text", [
+    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\n,,,,,,\n",
+    f"{HEADER}\nAAA,2024-01-02,1,2,1,2,lots\n",
+    f"{HEADER}\nAAA,2024-01-02T25:00,1,2,1,2,3\n",
+    f"{HEADER},vwap\n",
+])
+@pytest.mark.parametrize("upsert", [False, True])
+def test_the_cli_line_for_a_bad_file_is_built_from_the_error(prices, raw, tmp_path, database_url, text, upsert):
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataValidationError) as info:
+        (prices.upsert_many if upsert else prices.copy_from)(path)
+    error = info.value
+    line = fails("ingest", "prices", path, *(["--upsert"] if upsert else []), "--database", database_url)
+    assert line == (f"Error: {error.source}: line {error.line}, field '{error.field}': got {error.value!r}, "
+                    f"expected {error.expected}")
+    assert count_rows(raw, "prices") == 0
+
+
+def test_the_cli_line_for_a_duplicate_bar_names_the_line_and_the_key(prices, tmp_path, database_url):
+    path = tmp_path / "twice.csv"
+    path.write_text(f"{HEADER}\nAAA,2024-01-02,1,2,1,2,3\nAAA,2024-01-02,1,2,1,2,3\n", encoding="utf-8")
+    line = fails("ingest", "prices", path, "--database", database_url)
+    assert line.startswith(f"Error: {path}: line 3: the bar (AAA, 1m, 2024-01-02 00:00:00+00) is already stored")
+
