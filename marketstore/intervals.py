@@ -153,31 +153,38 @@ def zone_name(tz) -> str:
     return "UTC" if tz is None else tz
 
 
-def bucket_sql(frame: Timeframe, tz: str | None, column: str = '"timestamp"') -> tuple[str, list]:
+def bucket_sql(frame: Timeframe, tz: str | None, column: str = '"timestamp"',
+               column_params: tuple | list = ()) -> tuple[str, list]:
     """SQL of the start of the bucket holding ``column``, a ``timestamptz``, and its parameters.
 
+    ``column`` may hold placeholders of its own (``'%s::timestamptz'``):
+    ``column_params`` are their values, placed wherever ``column`` appears.
     Seconds, minutes and hours: fixed widths counted from a Monday midnight
     in ``tz`` (so hours are the zone's hours). Days and weeks: calendar days
     of ``tz`` (weeks start on Monday); months and years: calendar months
     (``count`` of them from January of year 0). The start is an instant.
     """
     name = zone_name(tz)
+    at = list(column_params)
     if not frame.calendar:
         origin = dt.datetime(2000, 1, 3, tzinfo=zone(tz))
-        return f"date_bin(%s::interval, {column}, %s::timestamptz)", [f"{frame.count * _SECONDS[frame.unit]} seconds",
-                                                                       origin]
-    local = f"({column} AT TIME ZONE %s)"
+        return (f"date_bin(%s::interval, {column}, %s::timestamptz)",
+                [f"{frame.count * _SECONDS[frame.unit]} seconds"] + at + [origin])
+    local, local_params = f"({column} AT TIME ZONE %s)", at + [name]
     if frame.unit in ("d", "w"):
         days = frame.count * (7 if frame.unit == "w" else 1)
         return (f"(date_bin(%s::interval, {local}, TIMESTAMP '2000-01-03') AT TIME ZONE %s)",
-                [f"{days} days", name, name])
+                [f"{days} days"] + local_params + [name])
     field, step = ("month", "months") if frame.unit == "mo" else ("year", "years")
     if frame.count == 1:
-        return f"(date_trunc('{field}', {local}) AT TIME ZONE %s)", [name, name]
-    position = (f"(extract(year FROM {local})::int * 12 + extract(month FROM {local})::int - 1)"
-                if frame.unit == "mo" else f"extract(year FROM {local})::int")
+        return f"(date_trunc('{field}', {local}) AT TIME ZONE %s)", local_params + [name]
+    if frame.unit == "mo":
+        position = f"(extract(year FROM {local})::int * 12 + extract(month FROM {local})::int - 1)"
+        position_params = local_params * 2
+    else:
+        position, position_params = f"extract(year FROM {local})::int", local_params
     return (f"((date_trunc('{field}', {local}) - make_interval({step} => mod({position}, %s))) AT TIME ZONE %s)",
-            [name, name, name, frame.count, name] if frame.unit == "mo" else [name, name, frame.count, name])
+            local_params + position_params + [frame.count, name])
 
 
 def step_sql(frame: Timeframe, literal: bool = True) -> str:
