@@ -110,7 +110,10 @@ def inferred(gap: dt.timedelta) -> str:
     Under a day: the gap itself (``5m``, ``1h``); a day to six: ``1d`` (a
     weekend or a holiday between daily bars); seven to 27 days: ``1w``; 28
     to 364: ``1mo``; a year or more: ``1y``. A DST shift (an hour) is allowed
-    for: daily bars at local midnight are 23 hours apart once a year.
+    for: daily bars at local midnight are 23 hours apart once a year. A gap
+    whose whole seconds a stored interval cannot spell (more than 9999 of
+    them, not whole minutes: ``12345s``) is its whole minutes (``205m``):
+    never wider than the gap, so the bars never contradict it.
     """
     seconds = gap.total_seconds()
     for unit in ("y", "mo", "w", "d"):
@@ -119,7 +122,10 @@ def inferred(gap: dt.timedelta) -> str:
     if seconds < 1:
         raise DataValidationError("interval", gap, f"bars at least a second apart (two are {gap} apart); "
                                                    "pass interval=")
-    return timeframe_of(int(seconds), "interval").text  # whole seconds: a stamp's jitter is not the width
+    found = timeframe_of(int(seconds), "interval")  # whole seconds: a stamp's jitter is not the width
+    if len(str(found.count)) > INTERVAL_DIGITS:  # under 23 hours: at most 1380 whole minutes
+        found = timeframe_of(int(seconds) // 60 * 60, "interval")
+    return found.text
 
 
 def contradiction(interval_text: str, gap: dt.timedelta) -> str | None:
