@@ -15,7 +15,7 @@ import pytest
 
 from marketstore import DataValidationError, PriceRepository
 
-RULES = {"1h": "1h", "1d": "D", "1w": "W-MON", "1mo": "MS"}
+RULES = {"1h": "1h", "1d": "D", "1w": "W-MON", "1mo": "MS", "1y": "YS"}
 _OHLCV = ["open", "high", "low", "close", "volume"]
 
 
@@ -99,9 +99,12 @@ SCENARIOS = {
     "london-hours-autumn": ("Europe/London", ("2024-09-30", "2024-12-30", "1h",
                                               [("2024-10-28", "2024-12-02")], 6),
                             "2024-09-30", "2024-12-30"),
+    "new-york-days-years": ("America/New_York", ("2021-01-01", "2025-01-01", "1D",
+                                                 [("2022-02-01", "2022-03-01"), ("2023-01-01", "2024-01-01")], 7),
+                            "2021-01-01", "2025-01-01"),
 }
-CASES = [(name, bucket) for name, (_, (_, _, freq, _, _), _, _) in SCENARIOS.items()
-         for bucket in (("1h", "1d") if freq == "1min" else ("1d", "1w", "1mo"))]
+BUCKETS = {"1min": ("1h", "1d"), "1h": ("1d", "1w", "1mo"), "1D": ("1w", "1mo", "1y")}
+CASES = [(name, bucket) for name, (_, (_, _, freq, _, _), _, _) in SCENARIOS.items() for bucket in BUCKETS[freq]]
 
 
 def load(name: str):
@@ -150,6 +153,17 @@ def test_resample_bars_equal_pandas(db, name, bucket):
         np.testing.assert_allclose([float(getattr(b, name_)) for b in got], expected[name_].to_numpy(dtype=float),
                                    rtol=0, atol=5e-9, err_msg=name_)
     assert [b.count for b in got] == expected["bars"].astype(int).tolist()
+
+
+@pytest.mark.parametrize("bucket", ["1h", "1d"])
+@pytest.mark.parametrize("fill", [None, "nan", "locf"])
+def test_bounds_inside_a_bucket_give_it_the_bars_of_the_range_only(db, bucket, fill):
+    tz, bars, _, _ = load("new-york-autumn-minutes")
+    start, end = pd.Timestamp("2024-11-01 10:17", tz=tz), pd.Timestamp("2024-11-04 13:45", tz=tz)
+    got = PriceRepository().frame("SYM", start.to_pydatetime(), end.to_pydatetime(), bucket=bucket, tz=tz, fill=fill)
+    before = float(bars[bars.index < start]["close"].iloc[-1])
+    expected = pandas_buckets(bars, bucket, tz, start.tz_convert("UTC"), end.tz_convert("UTC"), fill, before=before)
+    assert_same(got, expected, tz)
 
 
 def test_without_tz_buckets_are_utc_days(db):
