@@ -59,8 +59,16 @@ def frame_chunks(value, symbol: str | None, progress: Callable[[int], None] | No
 
 
 def named(arrays: dict, where: dict | None = None) -> dict:
-    """``arrays`` under the price columns their names mean; an unknown or repeated column is refused by name."""
+    """``arrays`` under the price columns their names mean; an unknown or repeated column is refused by name.
+
+    Without a timestamp column, a first column ``Date`` or ``Datetime`` of datetimes or dates is
+    the timestamp: a frame's index made a column (polars has no index), as CSV reads it.
+    """
     out = {}
+    first = next(iter(arrays), None)
+    stamped = isinstance(first, str) and first.strip().lower() in ("date", "datetime") and _is_time(arrays[first])
+    if stamped and not any(price_column(name) == "timestamp" for name in arrays):
+        arrays = {("timestamp" if name == first else name): array for name, array in arrays.items()}
     for name, array in arrays.items():
         column = price_column(name)
         if column is None:
@@ -71,6 +79,11 @@ def named(arrays: dict, where: dict | None = None) -> dict:
                                       **(where or {}))
         out[column] = array
     return out
+
+
+def _is_time(array) -> bool:
+    pa = need("pyarrow")
+    return pa.types.is_timestamp(array.type) or pa.types.is_date(array.type)
 
 
 def _pandas_columns(frame, start: int, stop: int, pa) -> dict:

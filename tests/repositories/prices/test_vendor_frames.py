@@ -199,3 +199,29 @@ def test_csv_written_by_pandas_loads_as_the_frame_does(db, tmp_path, name):
     assert_round_trip(got, given, stamps)
     if "Adj Close" in given.columns:
         np.testing.assert_allclose(got["adj_close"].to_numpy(), given["Adj Close"].to_numpy(), rtol=0, atol=5e-9)
+
+
+@pytest.mark.parametrize("library", ["pandas", "polars", "arrow", "parquet"])
+@pytest.mark.parametrize("name", ["goog-unnamed-index", "yfinance-date-in-new-york", "date-objects",
+                                  "minutes-named-datetime"])
+def test_a_date_column_first_is_the_timestamp_as_in_csv(db, tmp_path, library, name):
+    given, stamps, interval = frames_as_read()[name]
+    flat = given.rename_axis("Datetime" if name.startswith("minutes") else "Date").reset_index()
+    if library == "polars":
+        flat = pytest.importorskip("polars").from_pandas(flat)
+    elif library == "arrow":
+        flat = pytest.importorskip("pyarrow").Table.from_pandas(flat, preserve_index=False)
+    elif library == "parquet":
+        flat.to_parquet(tmp_path / "flat.parquet", index=False)
+        flat = str(tmp_path / "flat.parquet")
+    assert PriceRepository().copy_from(flat, symbol="FLAT") == len(given)
+    assert [s.interval for s in PriceRepository().series()] == [interval]
+    assert_round_trip(PriceRepository().frame("FLAT"), given, stamps)
+
+
+def test_a_date_column_of_text_is_refused_by_name(db):
+    flat = GOOG.iloc[:5].rename_axis("Date").reset_index()
+    flat["Date"] = flat["Date"].astype(str)
+    with pytest.raises(DataValidationError) as caught:
+        PriceRepository().copy_from(flat, symbol="FLAT")
+    assert caught.value.field == "Date"
