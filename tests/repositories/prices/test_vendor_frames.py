@@ -225,3 +225,32 @@ def test_a_date_column_of_text_is_refused_by_name(db):
     with pytest.raises(DataValidationError) as caught:
         PriceRepository().copy_from(flat, symbol="FLAT")
     assert caught.value.field == "Date"
+
+
+def download_frame(tickers=("GOOG",)) -> pd.DataFrame:
+    """The shape of yfinance's ``download()``: a ``Date`` index and (Price, Ticker) column pairs."""
+    part = GOOG.iloc[:50]
+    columns = pd.MultiIndex.from_product([["Close", "High", "Low", "Open", "Volume"], list(tickers)],
+                                         names=["Price", "Ticker"])
+    values = {(price, ticker): part[price].to_numpy() for price, ticker in columns}
+    return pd.DataFrame(values, index=pd.DatetimeIndex(part.index, name="Date"), columns=columns)
+
+
+@pytest.mark.parametrize("symbol", [None, "GOOG"])
+def test_a_download_frame_of_one_ticker_loads_under_its_ticker(db, symbol):
+    given = download_frame()
+    assert PriceRepository().copy_from(given, symbol=symbol) == len(given)
+    assert [(s.symbol, s.interval) for s in PriceRepository().series()] == [("GOOG", "1d")]
+    assert_round_trip(PriceRepository().frame("GOOG"), given.xs("GOOG", axis=1, level="Ticker"),
+                      given.index.tz_localize("UTC"))
+
+
+@pytest.mark.parametrize("given, symbol, field", [
+    (download_frame(), "MSFT", "symbol"),
+    (download_frame(("GOOG", "MSFT")), None, "columns"),
+])
+def test_a_download_frame_is_refused_when_its_ticker_is_not_one_symbol(db, raw, given, symbol, field):
+    with pytest.raises(DataValidationError) as caught:
+        PriceRepository().copy_from(given, symbol=symbol)
+    assert caught.value.field == field
+    assert count_rows(raw, "prices") == 0
