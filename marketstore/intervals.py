@@ -111,7 +111,10 @@ def inferred(gap: dt.timedelta) -> str:
     Under a day: the gap itself (``5m``, ``1h``); a day to six: ``1d`` (a
     weekend or a holiday between daily bars); seven to 27 days: ``1w``; 28
     to 364: ``1mo``; a year or more: ``1y``. A DST shift (an hour) is allowed
-    for: daily bars at local midnight are 23 hours apart once a year.
+    for: daily bars at local midnight are 23 hours apart once a year. A gap
+    whose whole seconds a stored interval cannot spell (more than 9999 of
+    them, not whole minutes: ``12345s``) is its whole minutes (``205m``):
+    never wider than the gap, so the bars never contradict it.
     """
     seconds = gap.total_seconds()
     for unit in ("y", "mo", "w", "d"):
@@ -120,7 +123,10 @@ def inferred(gap: dt.timedelta) -> str:
     if seconds < 1:
         raise DataValidationError("interval", gap, f"bars at least a second apart (two are {gap} apart); "
                                                    "pass interval=")
-    return timeframe_of(int(seconds), "interval").text  # whole seconds: a stamp's jitter is not the width
+    found = timeframe_of(int(seconds), "interval")  # whole seconds: a stamp's jitter is not the width
+    if len(str(found.count)) > INTERVAL_DIGITS:  # under 23 hours: at most 1380 whole minutes
+        found = timeframe_of(int(seconds) // 60 * 60, "interval")
+    return found.text
 
 
 def contradiction(interval_text: str, gap: dt.timedelta) -> str | None:
@@ -154,31 +160,38 @@ def zone_name(tz) -> str:
     return "UTC" if tz is None else tz
 
 
-def bucket_sql(frame: Timeframe, tz: str | None, column: str = '"timestamp"') -> tuple[str, list]:
+def bucket_sql(frame: Timeframe, tz: str | None, column: str = '"timestamp"',
+               column_params: tuple | list = ()) -> tuple[str, list]:
     """SQL of the start of the bucket holding ``column``, a ``timestamptz``, and its parameters.
 
+    ``column`` may hold placeholders of its own (``'%s::timestamptz'``):
+    ``column_params`` are their values, placed wherever ``column`` appears.
     Seconds, minutes and hours: fixed widths counted from a Monday midnight
     in ``tz`` (so hours are the zone's hours). Days and weeks: calendar days
     of ``tz`` (weeks start on Monday); months and years: calendar months
     (``count`` of them from January of year 0). The start is an instant.
     """
     name = zone_name(tz)
+    at = list(column_params)
     if not frame.calendar:
         origin = dt.datetime(2000, 1, 3, tzinfo=zone(tz))
-        return f"date_bin(%s::interval, {column}, %s::timestamptz)", [f"{frame.count * _SECONDS[frame.unit]} seconds",
-                                                                       origin]
-    local = f"({column} AT TIME ZONE %s)"
+        return (f"date_bin(%s::interval, {column}, %s::timestamptz)",
+                [f"{frame.count * _SECONDS[frame.unit]} seconds"] + at + [origin])
+    local, local_params = f"({column} AT TIME ZONE %s)", at + [name]
     if frame.unit in ("d", "w"):
         days = frame.count * (7 if frame.unit == "w" else 1)
         return (f"(date_bin(%s::interval, {local}, TIMESTAMP '2000-01-03') AT TIME ZONE %s)",
-                [f"{days} days", name, name])
+                [f"{days} days"] + local_params + [name])
     field, step = ("month", "months") if frame.unit == "mo" else ("year", "years")
     if frame.count == 1:
-        return f"(date_trunc('{field}', {local}) AT TIME ZONE %s)", [name, name]
-    position = (f"(extract(year FROM {local})::int * 12 + extract(month FROM {local})::int - 1)"
-                if frame.unit == "mo" else f"extract(year FROM {local})::int")
+        return f"(date_trunc('{field}', {local}) AT TIME ZONE %s)", local_params + [name]
+    if frame.unit == "mo":
+        position = f"(extract(year FROM {local})::int * 12 + extract(month FROM {local})::int - 1)"
+        position_params = local_params * 2
+    else:
+        position, position_params = f"extract(year FROM {local})::int", local_params
     return (f"((date_trunc('{field}', {local}) - make_interval({step} => mod({position}, %s))) AT TIME ZONE %s)",
-            [name, name, name, frame.count, name] if frame.unit == "mo" else [name, name, frame.count, name])
+            local_params + position_params + [frame.count, name])
 
 
 def step_sql(frame: Timeframe, literal: bool = True) -> str:

@@ -23,6 +23,9 @@ from ._copy import copy
 
 PRICE_HEADER = ",".join(PRICE_COLUMNS[:-1]) + "[,interval][,adj_close]"
 """The header of a price CSV file, for messages (any column order)."""
+# The first column's name when pandas writes a frame's datetime index (unnamed, or yfinance's):
+# without a timestamp column, it is the timestamp.
+_INDEX_NAMES = ("", "date", "datetime")
 _EMPTY_INTERVAL = "an interval in every line of the interval column (or interval= for the empty cells)"
 
 Progress = Callable[[int], None]
@@ -49,8 +52,10 @@ def csv_header(handle, path: str, symbol: str | None = None) -> tuple[list[str],
     """The column names of a price CSV file's header line and the line's size in bytes.
 
     Reads one line of the binary file ``handle`` (BOM, spaces and case
-    ignored: ``Adj Close`` is ``adj_close``); ``None`` for an empty file. ``DataValidationError`` at
-    ``path``, line 1, naming the column for an unknown, repeated or missing one.
+    ignored: ``Adj Close`` is ``adj_close``); ``None`` for an empty file. Without a timestamp
+    column, a first column named ``Date``, ``Datetime`` or nothing (a frame's index as pandas
+    writes it) is the timestamp. ``DataValidationError`` at ``path``, line 1, naming the column
+    (as written) for an unknown, repeated or missing one.
     With ``symbol`` (every line's symbol) the file must have no symbol column.
     """
     first = handle.readline(_MAX_LINE)
@@ -64,13 +69,17 @@ def csv_header(handle, path: str, symbol: str | None = None) -> tuple[list[str],
     except UnicodeDecodeError as exc:
         raise DataValidationError("header", exc.object[exc.start:exc.end], "UTF-8 text", **at) from None
     try:
-        header = [price_column(name) or name.strip().lower() for name in next(csv.reader([text]), [])]
+        written = [name.strip() for name in next(csv.reader([text]), [])]
     except csv.Error as exc:  # e.g. a file with \r line ends only: one "line"
         raise DataValidationError("header", text[:80], f"a CSV header line ({exc})", **at) from None
+    header = [price_column(name) or name.lower() for name in written]
+    if header and "timestamp" not in header and header[0] in _INDEX_NAMES:
+        header[0] = "timestamp"  # a frame's datetime index, as pandas' to_csv writes it
     for position, name in enumerate(header):
         if name not in PRICE_INPUT_COLUMNS:
-            raise DataValidationError(name or "header", name, f"a column of the header {PRICE_HEADER} "
-                                      f"(column {position + 1})", **at)
+            raise DataValidationError(written[position] or "header", written[position],
+                                      f"a column of the header {PRICE_HEADER} (column {position + 1}; "
+                                      "a column such as dividends or splits is not kept: drop it)", **at)
         if header.index(name) != position:
             raise DataValidationError(name, name, "each column once", **at)
     if symbol is not None and "symbol" in header:

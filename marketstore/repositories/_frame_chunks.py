@@ -4,7 +4,8 @@ Every input becomes ``(offset, {column: arrow array})`` chunks of at most
 :data:`CHUNK_ROWS` rows (a Parquet file is read batch by batch, so memory
 stays bounded). Column names are read as vendors write them (``Open``,
 ``Adj Close``: any case, spaces or underscores); a datetime index of any name
-is the timestamp; a column the table does not keep is refused by name.
+is the timestamp; (price, ticker) column pairs of one ticker (yfinance's
+``download()``) are its prices; a column the table does not keep is refused by name.
 """
 from __future__ import annotations
 
@@ -59,8 +60,16 @@ def frame_chunks(value, symbol: str | None, progress: Callable[[int], None] | No
 
 
 def named(arrays: dict, where: dict | None = None) -> dict:
-    """``arrays`` under the price columns their names mean; an unknown or repeated column is refused by name."""
+    """``arrays`` under the price columns their names mean; an unknown or repeated column is refused by name.
+
+    Without a timestamp column, a first column ``Date`` or ``Datetime`` of datetimes or dates is
+    the timestamp: a frame's index made a column (polars has no index), as CSV reads it.
+    """
     out = {}
+    first = next(iter(arrays), None)
+    stamped = isinstance(first, str) and first.strip().lower() in ("date", "datetime") and _is_time(arrays[first])
+    if stamped and not any(price_column(name) == "timestamp" for name in arrays):
+        arrays = {("timestamp" if name == first else name): array for name, array in arrays.items()}
     for name, array in arrays.items():
         column = price_column(name)
         if column is None:
@@ -71,6 +80,11 @@ def named(arrays: dict, where: dict | None = None) -> dict:
                                       **(where or {}))
         out[column] = array
     return out
+
+
+def _is_time(array) -> bool:
+    pa = need("pyarrow")
+    return pa.types.is_timestamp(array.type) or pa.types.is_date(array.type)
 
 
 def _pandas_columns(frame, start: int, stop: int, pa) -> dict:
@@ -116,6 +130,8 @@ def _pandas_columns(frame, start: int, stop: int, pa) -> dict:
 def batches(frame, library: str, symbol: str | None) -> Iterator[tuple[int, dict]]:
     """``(offset, {column: arrow array})`` of each chunk of ``frame`` (any of the three libraries)."""
     pa = need("pyarrow")
+    if library == "pandas" and frame.columns.nlevels > 1:
+        frame, symbol = _one_ticker(frame, symbol)
     size = len(frame) if library != "pyarrow" else frame.num_rows
     for start in range(0, size, CHUNK_ROWS):
         stop = min(size, start + CHUNK_ROWS)
@@ -126,6 +142,28 @@ def batches(frame, library: str, symbol: str | None) -> Iterator[tuple[int, dict
             table = part.to_arrow() if library == "polars" else part
             arrays = dict(zip(table.column_names, table.columns))
         yield start, _with_symbol(named(arrays), symbol, stop - start, pa)
+
+
+def _one_ticker(frame, symbol: str | None):
+    """``(frame, symbol)`` of a frame whose columns are (price, ticker) pairs, as yfinance's ``download()``.
+
+    One ticker: the frame under its price names, the ticker its symbol
+    (``symbol=``, when given, must name it). Several tickers, or levels that are
+    not prices and tickers: ``DataValidationError`` (``field='columns'``).
+    """
+    columns = frame.columns
+    for level in range(columns.nlevels if columns.nlevels == 2 else 0):
+        names, tickers = columns.get_level_values(level), columns.get_level_values(1 - level).unique()
+        if len(tickers) == 1 and all(price_column(name) is not None for name in names):
+            ticker = str(tickers[0])
+            if symbol is not None and symbol != ticker:
+                raise DataValidationError("symbol", symbol, f"the frame's ticker {ticker!r} (or no symbol=)")
+            flat = frame.copy(deep=False)
+            flat.columns = list(names)
+            return flat, symbol or check.symbol(ticker)
+    raise DataValidationError("columns", [tuple(c) for c in columns[:4]],
+                              "one level of price columns: a frame of one ticker (frame.xs(ticker, axis=1, "
+                              "level=1) for one of several)")
 
 
 def parquet_batches(path: str, symbol: str | None = None,

@@ -76,9 +76,7 @@ def grid(frame: Timeframe, tz: str | None, start, end, wanted: list, aggregated:
     last close stored before it).
     """
     name = zone_name(tz)
-    label, label_params = bucket_sql(frame, tz, "x.at")
-    first = f"(SELECT {label} FROM (SELECT %s::timestamptz AS at) AS x)"  # the bucket holding start
-    first_params = label_params + [start]
+    first, first_params = bucket_sql(frame, tz, "%s::timestamptz", [start])  # the bucket holding start
     if frame.calendar:  # stepped on the zone's calendar: days of 23 or 25 hours, months of their length
         series = (f"SELECT g AT TIME ZONE %s AS bucket FROM generate_series({first} AT TIME ZONE %s, "
                   f"(%s::timestamptz AT TIME ZONE %s) - interval '1 microsecond', {step_sql(frame)}) AS g")
@@ -87,9 +85,9 @@ def grid(frame: Timeframe, tz: str | None, start, end, wanted: list, aggregated:
         series = (f"SELECT g AS bucket FROM generate_series({first}, %s::timestamptz - interval '1 microsecond', "
                   f"{step_sql(frame)}) AS g")
         series_params = first_params + [end]
-    extra = ", adj_close" if adj_close else ""
+    extra = ", adj_close" if adj_close else ""  # the outer selects name the joined row's column
     joined = (f"SELECT w.position, w.symbol, w.iv, t.bucket, r.open, r.high, r.low, r.close, "
-              f"coalesce(r.volume, 0) AS volume, coalesce(r.bars, 0) AS bars{', r.adj_close' if adj_close else ''} "
+              f"coalesce(r.volume, 0) AS volume, coalesce(r.bars, 0) AS bars{extra and ', r.adj_close'} "
               f"FROM {WANTED} CROSS JOIN ({series}) AS t "
               f"LEFT JOIN ({aggregated}) AS r ON r.position = w.position AND r.bucket = t.bucket")
     joined_params = wanted + series_params + params
