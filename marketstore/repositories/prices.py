@@ -184,10 +184,13 @@ class PriceRepository(BaseRepository[Price]):
         line of separators only is refused.
 
         **Frames.** Columns by name in any case (``Open``, ``Adj Close``); the
-        timestamp may be a datetime index of any name (``Date``), ``symbol=``
-        names the symbol of a frame without that column; a ``date`` is
-        midnight UTC; NaN in ``adj_close`` means none. A column the table does
-        not keep (``Dividends``) is refused by name.
+        timestamp may be a datetime index of any name, or a first column
+        ``Date``/``Datetime`` (a ``reset_index()`` frame, pandas' CSV); a
+        yfinance ``download()`` frame of one ticker (``(Price, Ticker)``
+        columns) names its symbol; ``symbol=`` names the symbol of a frame
+        without that column; a ``date`` is midnight UTC; NaN in ``adj_close``
+        means none. A column the table does not keep (``Dividends``) is
+        refused by name.
 
         **Interval.** ``interval=`` gives the rows without one their interval,
         and is refused (``field='interval'``) when bars are closer together
