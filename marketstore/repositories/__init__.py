@@ -20,12 +20,13 @@ from .backtests import BacktestResultRepository
 from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
 from ._load import UpsertCount
 from .prices import PRICE_ROW_COLUMNS, PriceBar, PriceRepository, PriceSeries
+from ._sentiment_join import SentimentWindow
 from .trading import FILL_STATUSES, OPEN_STATUSES, ORDER_MOVES, OrderRepository, TradingSignalRepository
 
 __all__ = [
     "ArticleRepository", "BacktestResultRepository", "EventRepository", "OrderRepository", "PriceRepository",
     "SentimentScoreRepository", "TradingSignalRepository",
-    "PriceBar", "PriceSeries", "UpsertCount", "SentimentBucket",
+    "PriceBar", "PriceSeries", "UpsertCount", "SentimentBucket", "SentimentWindow",
     "BUCKET_ORIGIN", "FILL_STATUSES", "OPEN_STATUSES", "ORDER_MOVES", "PRICE_COLUMNS", "PRICE_HEADER",
     "PRICE_ROW_COLUMNS",
 ]
