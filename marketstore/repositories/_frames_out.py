@@ -44,9 +44,10 @@ def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: lis
     bar's close: start + width, or the next bucket's start) and the values;
     the outer one casts every number to ``float8`` (a NULL to NaN: an empty
     bucket's prices, a bar without an adjusted close) so each row of the
-    binary answer has the same size. ``wrap(inner, params)``, when given,
-    returns ``(sql, params, columns)``: a query of the inner one's columns
-    plus ``columns`` (``(name, type)``, never NULL), selected after the rest.
+    binary answer has the same size. ``wrap(inner, params, names)``, when
+    given (``names``: the inner query's columns), returns ``(sql, params,
+    columns)``: a query of those columns plus ``columns`` (``(name, type)``,
+    never NULL), which are selected after the rest.
     """
     def number(name: str) -> str:
         return f"coalesce({name}::float8, 'NaN')"
@@ -73,7 +74,8 @@ def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: lis
         counted, columns = ", bars::int8", columns + [("bars", "int8")]
     extra = []
     if wrap is not None:
-        inner, params, extra = wrap(inner, params)
+        names = ["position", "symbol", "bar_start", "bar_end", *_PRICES, "volume"] + (["bars"] if counted else [])
+        inner, params, extra = wrap(inner, params, names + ["adj_close"])
     added = "".join(f", {name}" for name, _ in extra)
     sql = (f"SELECT position::int4, bar_start, {', '.join(number(n) for n in _PRICES)}, volume::float8{counted}, "
            f"{number('adj_close')}{added} FROM ({inner}) AS q ORDER BY symbol, bar_start")

@@ -9,11 +9,10 @@ greatest ``k`` (ties: the greater score id).
 Set-based, in one statement: per symbol, the scores (at ``k``) and the bars (at
 ``d`` less one microsecond, the resolution of a timestamp, so that ``k < d`` is
 ``k <= d - 1us``) form one timeline, sorted once. A ``RANGE`` window of
-``window - 1us`` preceding each bar gives the count and the mean: both
+``window - 1us`` preceding each bar gives the count and the sum: both
 aggregates have inverse transitions, so the window slides in linear time, and
-the mean is summed as ``numeric`` -- exact, with no prefix-sum cancellation.
-The last score so far is the score row whose running count of scores equals
-the bar's (a hash join, not a second sort).
+the sum is ``numeric`` -- exact, with no prefix-sum cancellation. The last
+score is the running maximum of ``(k, id, score)`` over the same sort.
 """
 from __future__ import annotations
 
@@ -95,26 +94,29 @@ def wrapper(join: SentimentWindow, symbols: list[str]):
     window, latency = duration("window", join.window), duration("latency", join.latency)
     model = "" if join.model is None else " AND s.model = %s"
 
-    def wrap(inner: str, params: list) -> tuple[str, list, list[tuple[str, str]]]:
+    def wrap(inner: str, params: list, names: list[str]) -> tuple[str, list, list[tuple[str, str]]]:
+        bar = ", ".join(names)
+        blank = ", ".join(["sc.position"] + ["NULL"] * (len(names) - 1))
         sql = (
-            f"WITH q AS (SELECT b.*, row_number() OVER () AS bar FROM ({inner}) AS b), "
+            f"WITH q AS ({inner}), "
             "sc AS (SELECT ws.position, a.published_at + %s::interval AS t, s.id, s.score "
             "  FROM unnest(%s::text[]) WITH ORDINALITY AS ws(symbol, position) "
             "  JOIN articles AS a ON a.symbols @> ARRAY[ws.symbol] "
             "  JOIN sentiment_scores AS s ON s.article_id = a.id "
             "  WHERE a.published_at >= (SELECT min(bar_end) FROM q) - %s::interval "
             f"  AND a.published_at < (SELECT max(bar_end) FROM q) - %s::interval{model}), "
-            "ev AS (SELECT position, t, 0 AS kind, id, score, NULL::int8 AS bar FROM sc "
-            "  UNION ALL SELECT position, bar_end - interval '1 microsecond', 1, NULL, NULL, bar FROM q), "
+            f"ev AS (SELECT {bar}, bar_end - interval '1 microsecond' AS t, 1 AS kind, NULL::int8 AS id, "
+            "  NULL::float8 AS score, NULL::float8[] AS packed FROM q "
+            # a score as (known time, id, score): the greatest so far is the last score, ties to the greater id
+            f"  UNION ALL SELECT {blank}, sc.t, 0, sc.id, sc.score, "
+            "  ARRAY[extract(epoch FROM sc.t) * 1000000, sc.id, sc.score]::float8[] FROM sc) "
+            f"SELECT {bar}, coalesce((total / n)::float8, 'NaN') AS sentiment_mean, n AS sentiment_count, "
+            "  coalesce(CASE WHEN n > 0 THEN latest[3] END, 'NaN') AS sentiment_last FROM ("
             # numeric sums are exact; via text, a float8 is its shortest exact decimal (not 15 digits)
-            "w AS (SELECT kind, bar, position, score, "
-            "  count(score) OVER (PARTITION BY position ORDER BY t, kind, id ROWS UNBOUNDED PRECEDING) AS seen, "
-            "  count(score) OVER f AS n, avg(score::text::numeric) OVER f AS mean FROM ev "
-            "  WINDOW f AS (PARTITION BY position ORDER BY t RANGE BETWEEN %s::interval PRECEDING AND CURRENT ROW)) "
-            "SELECT q.*, coalesce(b.mean::float8, 'NaN') AS sentiment_mean, b.n AS sentiment_count, "
-            "  coalesce(CASE WHEN b.n > 0 THEN l.score END, 'NaN') AS sentiment_last "
-            "FROM q JOIN w AS b ON b.kind = 1 AND b.bar = q.bar "
-            "LEFT JOIN w AS l ON l.kind = 0 AND l.position = b.position AND l.seen = b.seen"
+            "  SELECT *, count(score) OVER f AS n, sum(score::text::numeric) OVER f AS total, "
+            "  max(packed) OVER (PARTITION BY position ORDER BY t, kind, id ROWS UNBOUNDED PRECEDING) AS latest "
+            "  FROM ev WINDOW f AS (PARTITION BY position ORDER BY t RANGE BETWEEN %s::interval PRECEDING "
+            "  AND CURRENT ROW)) AS w WHERE kind = 1"
         )
         out = list(params) + [_interval(latency), symbols, _interval(window + latency), _interval(latency)]
         out += ([] if join.model is None else [join.model]) + [_interval(window - dt.timedelta(microseconds=1))]
