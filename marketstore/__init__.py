@@ -52,6 +52,7 @@ from .repositories import (
     PriceRepository,
     SentimentBucket,
     SentimentScoreRepository,
+    SentimentWindow,
     TradingSignalRepository,
 )
 from .migrations import DatabaseMigration, run_migrations
@@ -70,7 +71,7 @@ __all__ = [
     # repositories and the types they return
     "BaseRepository", "PriceRepository", "ArticleRepository", "SentimentScoreRepository", "EventRepository",
     "TradingSignalRepository", "OrderRepository", "BacktestResultRepository", "PriceBar", "PriceSeries",
-    "UpsertCount", "SentimentBucket",
+    "UpsertCount", "SentimentBucket", "SentimentWindow",
     # migrations
     "DatabaseMigration", "run_migrations",
 ]

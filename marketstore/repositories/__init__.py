@@ -20,13 +20,14 @@ from .backtests import BacktestResultRepository
 from .news import ArticleRepository, EventRepository, SentimentBucket, SentimentScoreRepository
 from ._load import UpsertCount
 from ._price_rows import PRICE_ROW_COLUMNS
+from ._sentiment_join import SentimentWindow
 from .prices import PriceBar, PriceRepository, PriceSeries
 from .trading import FILL_STATUSES, OPEN_STATUSES, ORDER_MOVES, OrderRepository, TradingSignalRepository
 
 __all__ = [
     "ArticleRepository", "BacktestResultRepository", "EventRepository", "OrderRepository", "PriceRepository",
     "SentimentScoreRepository", "TradingSignalRepository",
-    "PriceBar", "PriceSeries", "UpsertCount", "SentimentBucket",
+    "PriceBar", "PriceSeries", "UpsertCount", "SentimentBucket", "SentimentWindow",
     "BUCKET_ORIGIN", "FILL_STATUSES", "OPEN_STATUSES", "ORDER_MOVES", "PRICE_COLUMNS", "PRICE_HEADER",
     "PRICE_ROW_COLUMNS",
 ]

@@ -36,7 +36,7 @@ def check_library(value) -> str:
 
 
 def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: list, fill: str | None,
-                widths: list[str]) -> tuple[str, list, list[tuple[str, str]]]:
+                widths: list[str], wrap=None) -> tuple[str, list, list[tuple[str, str]]]:
     """``(sql, params, columns)`` of the bars of ``wanted`` (``[symbols, intervals]``) for :func:`fetch_columns`.
 
     ``widths`` are the symbols' bar widths as PostgreSQL intervals (for raw
@@ -44,7 +44,10 @@ def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: lis
     bar's close: start + width, or the next bucket's start) and the values;
     the outer one casts every number to ``float8`` (a NULL to NaN: an empty
     bucket's prices, a bar without an adjusted close) so each row of the
-    binary answer has the same size.
+    binary answer has the same size. ``wrap(inner, params, names)``, when
+    given (``names``: the inner query's columns), returns ``(sql, params,
+    columns)``: a query of those columns plus ``columns`` (``(name, type)``,
+    never NULL), which are selected after the rest.
     """
     def number(name: str) -> str:
         return f"coalesce({name}::float8, 'NaN')"
@@ -69,9 +72,14 @@ def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: lis
                  f"b.close, b.volume, b.bars, b.adj_close FROM ({inner}) AS b JOIN {WANTED} ON w.position = b.position")
         params = ([name, name] if frame.calendar else []) + params + wanted
         counted, columns = ", bars::int8", columns + [("bars", "int8")]
+    extra = []
+    if wrap is not None:
+        names = ["position", "symbol", "bar_start", "bar_end", *_PRICES, "volume"] + (["bars"] if counted else [])
+        inner, params, extra = wrap(inner, params, names + ["adj_close"])
+    added = "".join(f", {name}" for name, _ in extra)
     sql = (f"SELECT position::int4, bar_start, {', '.join(number(n) for n in _PRICES)}, volume::float8{counted}, "
-           f"{number('adj_close')} FROM ({inner}) AS q ORDER BY symbol, bar_start")
-    return sql, params, columns + [("adj_close", "float8")]
+           f"{number('adj_close')}{added} FROM ({inner}) AS q ORDER BY symbol, bar_start")
+    return sql, params, columns + [("adj_close", "float8")] + extra
 
 
 def fetch_columns(db, sql: str, params, columns: list[tuple[str, str]]) -> dict:

@@ -22,7 +22,10 @@ from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
 from ..repository import BaseRepository, reads
+from ..intervals import bucket_sql, parse, zone
+from ._frame_chunks import need
 from ._frames_out import build_frame, check_library, fetch_columns
+from ._price_sql import in_range
 from ._sql import BUCKET_ORIGIN, MAX_QUERY_TEXT, aware, contains, visible_to, where
 
 # Everything but the generated search vector: large, and of no use to callers.
@@ -274,37 +277,93 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         return [SentimentBucket(aware(b), average, n) for b, average, n in rows]
 
     @reads
-    def frame(self, symbols, start, end, *, bucket="1 hour", as_of=None, library: str = "pandas"):
-        """:meth:`timeseries` as a frame (the ``frames`` extra), for joining to price bars in a backtest.
+    def frame(self, symbols, start=None, end=None, *, bucket="1 hour", model: str | None = None, as_of=None,
+              tz: str | None = None, library: str = "pandas"):
+        """Scores of ``symbols``' articles as a frame (the ``frames`` extra): per bucket, or one row per score.
 
-        ``symbols`` is one symbol or a list. pandas: indexed like
-        ``PriceRepository.frame`` (``timestamp``, the bucket's start in UTC;
-        (``symbol``, ``timestamp``) for a list), columns ``average``
-        (float64, mean score) and ``count`` (int64); ``library="polars"`` or
-        ``"arrow"``: those types, with ``timestamp`` (and ``symbol``) as
-        columns. Point in time: with ``as_of``, only articles ingested by then.
+        ``symbols`` is one symbol or a list; a score counts once for each
+        symbol asked for that its article is tagged with. pandas: indexed like
+        ``PriceRepository.frame`` (``timestamp`` in UTC, or ``tz``;
+        (``symbol``, ``timestamp``) for a list); ``library="polars"`` or
+        ``"arrow"``: the same types, with ``timestamp`` (and ``symbol``) as
+        leading columns.
+
+        ``bucket`` (default ``"1 hour"``): per bucket of the score's
+        ``timestamp`` in ``[start, end)``, as :meth:`timeseries` (buckets
+        aligned in ``tz``, labelled by their start): ``average`` (float64, the
+        mean score) and ``count`` (int64). ``bucket=None``: one row per score,
+        ``timestamp`` being when it was known -- its article's
+        ``published_at``, in ``[start, end)`` -- with ``score`` and
+        ``confidence`` (float64), ``model`` (str), ``article_id`` (int64) and
+        ``published_at`` (aware); scores of articles without ``published_at``
+        were never known and are left out. Ordered by symbol, then time (then
+        score id). ``model``: only that scorer's scores. Point in time: with
+        ``as_of``, only articles ingested by then. ``start``/``end`` take a
+        datetime, ISO text, a ``date`` (midnight in ``tz``) or ``None``
+        (unbounded). Raises ``DataValidationError`` for a bad parameter.
         """
         many = not isinstance(symbols, str)
         wanted = check.symbol_list(symbols, 256) if many else [check.required_text("symbol", symbols, 256)]
-        start, end = check.span(start, end)
-        width, kind = check.bucket(bucket), check_library(library)
+        timeframe = None if bucket is None else parse(bucket, "bucket")
+        zone(tz)
+        start, end = check.span(start, end, tz)
+        kind = check_library(library)
         as_of = check.optional_timestamp("as_of", as_of)
-        columns = [("position", "int4"), ("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
-        if not many:  # timeseries' own query
-            sql, params = _sentiment_filters(wanted[0], start, end, as_of)
-            sql, params = f"SELECT 1::int4, q.* FROM ({_SERIES.format(filters=sql)}) AS q", [width, BUCKET_ORIGIN, *params]
-        else:  # a score counts once for each symbol asked for that its article is tagged with
-            sql = ("SELECT array_position(%s::text[], t.symbol)::int4, date_bin(%s, s.timestamp, %s), "
-                   "avg(s.score)::float8, count(*)::int8 "
-                   "FROM sentiment_scores s JOIN articles a ON a.id = s.article_id "
-                   "CROSS JOIN LATERAL unnest(a.symbols) AS t(symbol) WHERE a.symbols && %s::text[] "
-                   "AND t.symbol = ANY(%s) AND s.timestamp >= %s AND s.timestamp < %s"
-                   + ("" if as_of is None else " AND a.ingested_at <= %s")
-                   + " GROUP BY t.symbol, 2 ORDER BY t.symbol, 2")
-            params = [wanted, width, BUCKET_ORIGIN, wanted, wanted, start, end] + ([] if as_of is None else [as_of])
+        model = None if model is None else check.required_text("model", model, 64)
+        at = 's."timestamp"' if timeframe is not None else "a.published_at"
+        cond, params = in_range(start, end, at)
+        if timeframe is None:
+            cond += " AND a.published_at IS NOT NULL"
+        if as_of is not None:
+            cond, params = cond + " AND a.ingested_at <= %s", params + [as_of]
+        if model is not None:
+            cond, params = cond + " AND s.model = %s", params + [model]
+        source = ("FROM unnest(%s::text[]) WITH ORDINALITY AS ws(symbol, position) "
+                  "JOIN articles AS a ON a.symbols @> ARRAY[ws.symbol] "
+                  f"JOIN sentiment_scores AS s ON s.article_id = a.id WHERE TRUE{cond}")
+        if timeframe is not None:
+            label, label_params = bucket_sql(timeframe, tz, 's."timestamp"')
+            sql = (f"SELECT ws.position::int4, {label}, avg(s.score)::float8, count(*)::int8 {source} "
+                   "GROUP BY ws.symbol, ws.position, 2 ORDER BY ws.symbol, 2")
+            columns = [("position", "int4"), ("timestamp", "timestamptz"), ("average", "float8"), ("count", "int8")]
+            with self.session("frame") as db:
+                values = fetch_columns(db, sql, [*label_params, wanted, *params], columns)
+            return build_frame(values, wanted if many else None, kind, tz)
+        # One row per score. The model is text, which the binary reader's fixed-size rows cannot hold:
+        # these rows come as a plain answer (one round trip), converted column by column.
+        sql = (f"SELECT ws.position, a.published_at, s.score, s.confidence, s.model, s.article_id {source} "
+               "ORDER BY ws.symbol, a.published_at, s.id")
         with self.session("frame") as db:
-            values = fetch_columns(db, sql, params, columns)
-        return build_frame(values, wanted if many else None, kind)
+            rows = db.execute_sql(sql, [wanted, *params]).fetchall()
+        return _score_frame(rows, wanted if many else None, kind, tz)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _score_frame(rows: list[tuple], symbols: list[str] | None, kind: str, tz: str | None):
+    """The raw-score frame of ``rows`` (position, published_at, score, confidence, model, article_id)."""
+    np = need("numpy")
+    position, published, score, confidence, model, article = zip(*rows) if rows else ((),) * 6
+    stamps = np.array([(t - _EPOCH) // _MICROSECOND for t in published], dtype=np.int64).view("datetime64[us]")
+    values = {
+        "position": np.array(position, dtype=np.int32), "timestamp": stamps,
+        "score": np.array(score, dtype=np.float64), "confidence": np.array(confidence, dtype=np.float64),
+        "model": np.array(model, dtype=object), "article_id": np.array(article, dtype=np.int64),
+        "published_at": stamps.copy(),
+    }
+    frame = build_frame(values, symbols, kind, tz)
+    name = tz or "UTC"
+    if kind == "pandas":
+        frame["published_at"] = frame["published_at"].dt.tz_localize("UTC").dt.tz_convert(name)
+        return frame
+    if kind == "arrow":
+        pa = need("pyarrow")
+        at = frame.schema.get_field_index("published_at")
+        return frame.set_column(at, "published_at", frame.column(at).cast(pa.timestamp("us", tz=name)))
+    pl = need("polars")
+    return frame.with_columns(pl.col("published_at").dt.replace_time_zone("UTC").dt.convert_time_zone(name))
 
 
 class EventRepository(BaseRepository[Event]):

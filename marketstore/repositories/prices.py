@@ -291,7 +291,7 @@ class PriceRepository(BaseRepository[Price]):
 
     @reads
     def frame(self, symbols, start=None, end=None, *, interval: str | None = None, bucket=None,
-              tz: str | None = None, fill: str | None = None, library: str = "pandas"):
+              tz: str | None = None, fill: str | None = None, sentiment=None, library: str = "pandas"):
         """Bars in ``[start, end)`` as a frame (the ``frames`` extra), oldest first.
 
         ``symbols`` is one symbol (a ``str``) or a list. pandas (the default):
@@ -302,7 +302,12 @@ class PriceRepository(BaseRepository[Price]):
         :meth:`resample` does, adding the int64 column ``bars``; ``fill``
         gives every bucket of ``[start, end)`` (both needed): ``"nan"`` leaves
         an empty bucket's prices NaN, ``"locf"`` carries the previous close
-        into them; volume and bars 0. ``library="polars"``/``"arrow"``: ``timestamp``
+        into them; volume and bars 0. ``sentiment=True`` or a
+        :class:`SentimentWindow` adds point-in-time sentiment to each bar:
+        float64 ``sentiment_mean`` (NaN when none), int64 ``sentiment_count``,
+        float64 ``sentiment_last`` (NaN when none) of the scores known within
+        ``window`` before the bar's close, never at or after it (computed in
+        the same statement). ``library="polars"``/``"arrow"``: ``timestamp``
         (and ``symbol``) as leading columns. Raises ``DataValidationError``
         for a bad parameter, ``MissingExtraError`` without the extra.
         """
@@ -315,12 +320,16 @@ class PriceRepository(BaseRepository[Price]):
         fill = None if fill is None else check.choice("fill", fill, FILLS)
         if fill is not None and (frame is None or start is None or end is None):
             raise DataValidationError("fill", fill, "a bucket, a start and an end: the grid of buckets to fill")
+        from ._sentiment_join import sentiment_window, wrapper
+
+        join = sentiment_window(sentiment)
         with self.session("frame") as db:
             found = self._intervals(db, wanted, interval)
             present = [s for s in wanted if s in found]
             pairs = [present, [found[s] for s in present]]
             widths = [step_sql(parse(found[s], "interval"), literal=False) for s in present]
-            sql, params, columns = frame_query(frame, tz, start, end, pairs, fill, widths)
+            wrap = None if join is None else wrapper(join, present)
+            sql, params, columns = frame_query(frame, tz, start, end, pairs, fill, widths, wrap)
             values = fetch_columns(db, sql, params, columns)
         return build_frame(values, present if many else None, kind, tz)
 
