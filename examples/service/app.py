@@ -207,8 +207,9 @@ async def marketstore_error(request: Request, exc: errors.MarketstoreError) -> J
     body = {"error": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, errors.DataValidationError):
         body.update(field=exc.field, value=_jsonable(exc.value), expected=exc.expected)
-    elif isinstance(exc, errors.DuplicateKeyError):
-        body.update(field=", ".join(exc.key), value=", ".join(map(str, exc.key.values())))
+    elif isinstance(exc, errors.DuplicateKeyError):  # the key already stored, and its constraint
+        body.update(field=", ".join(exc.key), value=", ".join(map(str, exc.key.values())), key=exc.key,
+                    constraint=exc.constraint)
     elif isinstance(exc, errors.IntegrityViolation):
         # Which unique/foreign-key/check constraint refused the row (the server's own name).
         diag = getattr(errors.driver_error(exc), "diag", None)

@@ -159,8 +159,9 @@ def test_duplicate_order_is_a_conflict(http, raw):
     response = http.post("/orders", json=order)
     assert response.status_code == 409, response.text
     got = response.json()
-    assert (got["error"], got["constraint"]) == ("IntegrityViolation", "orders_order_id")
-    assert "Key (order_id)=(dup-1) already exists" in got["message"]
+    assert (got["error"], got["constraint"], got["key"]) == ("DuplicateKeyError", "orders_order_id",
+                                                            {"order_id": "dup-1"})
+    assert "(order_id)=(dup-1) is already stored" in got["message"]
     with raw.cursor() as cur:
         cur.execute("SELECT count(*) FROM orders WHERE order_id = 'dup-1'")
         assert cur.fetchone() == (1,)
