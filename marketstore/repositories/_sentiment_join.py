@@ -21,7 +21,7 @@ import datetime as dt
 import re
 
 from ..errors import DataValidationError
-from ..intervals import parse
+from ..intervals import parse, zone, zone_name
 from ..validation import required_text
 
 _FIXED_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -37,15 +37,25 @@ class SentimentWindow:
     positive duration: ``'1 day'``, ``'4h'``, a ``timedelta``; days are 24
     hours). ``model``: only that scorer's scores (``None``: all).
     ``latency``: how long after its article's ``published_at`` a score is
-    known (``'0 seconds'``, ``'15m'``, a ``timedelta``). Checked when made:
-    a bad value raises ``DataValidationError`` naming the field.
+    known (``'0 seconds'``, ``'15m'``, a ``timedelta``). ``close`` and
+    ``tz``: the local time a session closes (``close="16:00",
+    tz="America/New_York"``): a bar a day or longer then closes on its last
+    local day at that time -- a daily bar of 2012-01-19, however a vendor
+    stamped it, at 16:00 New York time that day, DST included -- instead of
+    at ``t + w``. Checked when made: a bad value raises
+    ``DataValidationError`` naming the field.
     """
 
     window: str | dt.timedelta = "1 day"
     model: str | None = None
     latency: str | dt.timedelta = "0 seconds"
+    close: str | dt.time | None = None
+    tz: str | None = None
 
     def __post_init__(self):
+        if self.close is not None:
+            close_time(self.close)
+        zone(self.tz)
         if duration("window", self.window) <= dt.timedelta(0):
             raise DataValidationError("window", self.window, "a positive duration such as '1 day' or '4h'")
         duration("latency", self.latency)
@@ -67,6 +77,16 @@ def duration(name: str, value) -> dt.timedelta:
     if frame.unit not in _FIXED_SECONDS:
         raise DataValidationError(name, value, "a fixed duration (s, m, h, d, w): months and years vary")
     return dt.timedelta(seconds=frame.count * _FIXED_SECONDS[frame.unit])
+
+
+def close_time(value) -> dt.time:
+    """A session's local closing time: a ``time`` or ``'HH:MM[:SS]'``."""
+    if isinstance(value, dt.time):
+        return value
+    try:
+        return dt.time.fromisoformat(value.strip())
+    except (AttributeError, ValueError):
+        raise DataValidationError("close", value, "a local time of day such as '16:00'") from None
 
 
 def sentiment_window(value) -> SentimentWindow | None:
@@ -97,15 +117,20 @@ def wrapper(join: SentimentWindow, symbols: list[str]):
     def wrap(inner: str, params: list, names: list[str]) -> tuple[str, list, list[tuple[str, str]]]:
         bar = ", ".join(names)
         blank = ", ".join(["sc.position"] + ["NULL"] * (len(names) - 1))
+        closing = "bar_end"
+        if join.close is not None:  # a day or longer: its last local day, at the session's close
+            closing = ("CASE WHEN bar_end - bar_start >= interval '23 hours' THEN "
+                       "((((bar_end - interval '1 microsecond') AT TIME ZONE %s)::date + %s::time) AT TIME ZONE %s) "
+                       "ELSE bar_end END")
         sql = (
-            f"WITH q AS ({inner}), "
+            f"WITH q AS (SELECT i.*, {closing} AS bar_close FROM ({inner}) AS i), "
             "sc AS (SELECT ws.position, a.published_at + %s::interval AS t, s.id, s.score "
             "  FROM unnest(%s::text[]) WITH ORDINALITY AS ws(symbol, position) "
             "  JOIN articles AS a ON a.symbols @> ARRAY[ws.symbol] "
             "  JOIN sentiment_scores AS s ON s.article_id = a.id "
-            "  WHERE a.published_at >= (SELECT min(bar_end) FROM q) - %s::interval "
-            f"  AND a.published_at < (SELECT max(bar_end) FROM q) - %s::interval{model}), "
-            f"ev AS (SELECT {bar}, bar_end - interval '1 microsecond' AS t, 1 AS kind, NULL::int8 AS id, "
+            "  WHERE a.published_at >= (SELECT min(bar_close) FROM q) - %s::interval "
+            f"  AND a.published_at < (SELECT max(bar_close) FROM q) - %s::interval{model}), "
+            f"ev AS (SELECT {bar}, bar_close - interval '1 microsecond' AS t, 1 AS kind, NULL::int8 AS id, "
             "  NULL::float8 AS score, NULL::float8[] AS packed FROM q "
             # a score as (known time, id, score): the greatest so far is the last score, ties to the greater id
             f"  UNION ALL SELECT {blank}, sc.t, 0, sc.id, sc.score, "
@@ -118,7 +143,10 @@ def wrapper(join: SentimentWindow, symbols: list[str]):
             "  FROM ev WINDOW f AS (PARTITION BY position ORDER BY t RANGE BETWEEN %s::interval PRECEDING "
             "  AND CURRENT ROW)) AS w WHERE kind = 1"
         )
-        out = list(params) + [_interval(latency), symbols, _interval(window + latency), _interval(latency)]
+        name = zone_name(join.tz)
+        closing_params = [] if join.close is None else [name, close_time(join.close).isoformat(), name]
+        out = closing_params + list(params) + [_interval(latency), symbols, _interval(window + latency),
+                                               _interval(latency)]
         out += ([] if join.model is None else [join.model]) + [_interval(window - dt.timedelta(microseconds=1))]
         return sql, out, COLUMNS
 

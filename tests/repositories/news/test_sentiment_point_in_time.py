@@ -202,6 +202,26 @@ def test_earnings_after_the_close_do_not_reach_that_day_s_bar(db):
     assert list(look_ahead.index) == [pd.Timestamp(2012, 1, 19, tz="UTC")]
 
 
+@pytest.mark.parametrize("stamped", ["midnight UTC", "midnight New York"])
+def test_vendor_daily_bars_close_at_the_session_close_given(db, stamped):
+    # backtesting.py stamps a daily bar at midnight UTC of its date, yfinance at midnight New York time:
+    # with close= and tz=, either closes at 16:00 New York time that day (21:00 UTC in January, 20:00 in July).
+    zone = "UTC" if stamped == "midnight UTC" else "America/New_York"
+    days = [pd.Timestamp(2012, 1, d, tz=zone) for d in (18, 19, 20)] + [pd.Timestamp(2012, 7, d, tz=zone)
+                                                                           for d in (9, 10)]
+    prices = PriceRepository()
+    prices.copy_from([_bar("GOOG", d.to_pydatetime()) for d in days], interval="1d")
+    _article(dt.datetime(2012, 1, 19, 21, 7, tzinfo=UTC), ["GOOG"], [("finbert", 0.8)])  # after the 16:00 close
+    _article(dt.datetime(2012, 1, 19, 20, 55, tzinfo=UTC), ["GOOG"], [("finbert", -0.4)])  # before it
+    _article(dt.datetime(2012, 7, 9, 20, 30, tzinfo=UTC), ["GOOG"], [("finbert", 0.3)])  # 16:30 EDT: after
+    window = SentimentWindow(close="16:00", tz="America/New_York")
+    frame = prices.frame("GOOG", sentiment=window)
+    assert list(frame["sentiment_count"]) == [0, 1, 1, 0, 1]
+    assert list(frame["sentiment_last"].fillna(9)) == [9, -0.4, 0.8, 9, 0.3]
+    # without close=, the same bars close at t + 1 day: the after-hours article lands on 01-19
+    assert frame.index[1] == days[1] and prices.frame("GOOG", sentiment=True)["sentiment_last"].iloc[1] == 0.8
+
+
 def test_undated_articles_never_count_and_are_not_raw_scores(hourly):
     _article(None, ["AAA"], [("finbert", 1.0)])
     _article(hourly, ["AAA"], [("finbert", -1.0)])
