@@ -149,17 +149,22 @@ class _Threads:
             worker = _Worker(self)
             worker.start()
             return worker
+        waiter = worker
         try:
             async with asyncio.timeout(self.timeout):
-                return await worker
-        except TimeoutError:
-            raise PoolExhaustedError(f"all {self.size} connections in use for {self.timeout:g} s (pool_timeout)") \
-                from None
-        finally:
-            if not worker.done() or worker.cancelled():
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over just as this task was cancelled or timed out: pass it on.
+                self.release(waiter.result())
+            else:
                 with self._lock:
-                    if worker in self._waiters:
-                        self._waiters.remove(worker)
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise PoolExhaustedError(f"all {self.size} connections in use for {self.timeout:g} s "
+                                         "(pool_timeout)") from None
+            raise
 
     def release(self, worker: _Worker) -> None:
         """``worker`` is free: to the longest waiting session, else idle (from any thread)."""
