@@ -220,41 +220,55 @@ def threads_of(connection: DatabaseConnection) -> _Threads:
 class AsyncSession:
     """``async with connection.async_session() as db:`` -- see :func:`get_async_db_session`."""
 
-    __slots__ = ("connection", "_session", "_worker", "_owned", "_entered", "_parent", "_dbs")
+    __slots__ = ("connection", "_session", "_worker", "_owned", "_entered", "_used", "_parent", "_dbs")
 
     def __init__(self, connection: DatabaseConnection, operation: str = "session", model: str = "",
                  read_only: bool = False):
         self.connection = connection
         self._session = connection.session(operation, model, read_only)
-        self._entered = False
+        self._entered = self._used = False
 
     async def __aenter__(self) -> "AsyncSession":
         parent = self._parent = _current.get()
         self._owned = parent is None
         # Nested: on the outer session's thread, where the sync session nests (a savepoint).
-        worker = self._worker = await threads_of(self.connection).acquire() if parent is None else parent._worker
+        self._worker = await threads_of(self.connection).acquire() if parent is None else parent._worker
         self._dbs = _databases(self.connection) + (parent._dbs if parent is not None else ())
-        try:
-            await worker.call(self._enter, dbs=self._dbs)
-        except BaseException as exc:
-            # Failed, or cancelled while the connection was being checked out: whatever
-            # the thread opened is closed there, after, and the thread is released.
-            worker.submit(self._leave, (type(exc), exc, exc.__traceback__), release=self._owned)
-            raise
+        # The sync session opens with the first call, in the same hop: a thread hop costs
+        # more than the whole short transaction's client work (see README, "Async").
         _current.set(self)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         # set(), not reset(token): a FastAPI dependency may leave in another context.
         _current.set(self._parent)
+        if not self._used:  # nothing ever ran on the thread: nothing to close there
+            if self._owned:
+                self._worker.threads.release(self._worker)
+            return False
         # Never skipped nor interrupted, and it releases the thread itself once the
         # transaction is over: a second cancellation here cannot leak the connection.
         return await self._worker.call(self._leave, (exc_type, exc, tb), release=self._owned,
                                        interruptible=False)
 
-    def _enter(self) -> None:
-        self._session.__enter__()
-        self._entered = True
+    def call(self, fn, args=(), kwargs=None, dbs=None):
+        """Await ``fn(*args, **kwargs)`` run on this session's thread, inside its sync session."""
+        session = self
+        while session is not None and not session._used:
+            session._used, session = True, session._parent
+        return self._worker.call(self._within, (fn, args, kwargs or {}), None, self._dbs if dbs is None else dbs)
+
+    def _within(self, fn, args, kwargs):
+        self._open()
+        return fn(*args, **kwargs)
+
+    def _open(self) -> None:
+        # On the thread: the outer sessions first, so that this one nests in them.
+        if not self._entered:
+            if self._parent is not None:
+                self._parent._open()
+            self._session.__enter__()
+            self._entered = True
 
     def _leave(self, exc_type, exc, tb) -> bool:
         if not self._entered:
@@ -264,7 +278,7 @@ class AsyncSession:
 
     async def run(self, fn, /, *args, **kwargs):
         """``fn(*args, **kwargs)`` (sync code: Peewee queries, ``db.execute_sql``) run in this session."""
-        return await self._worker.call(fn, args, kwargs, self._dbs)
+        return await self.call(fn, args, kwargs)
 
     async def execute_sql(self, sql: str, params=None):
         """Run ``sql`` in this session: its rows (a list) if it returns any, else its row count."""
@@ -307,14 +321,14 @@ async def _call(repository, name: str, read: bool, args, kwargs):
         dbs = session._dbs
         if repository.connection is not session.connection:
             dbs = dbs + _databases(repository.connection)
-        return await session._worker.call(method, args, kwargs, dbs)
+        return await session.call(method, args, kwargs, dbs)
     connection = repository.connection
     if read:  # its own short sessions, routed; a cancel stops the statement, nothing to roll back
         worker = await threads_of(connection).acquire()
         return await worker.call(method, args, kwargs, _databases(connection), release=True)
     # A write: in a session of its own, so that a cancellation, whenever it comes, rolls back.
     async with AsyncSession(connection, name, repository.model.__name__) as session:
-        return await session._worker.call(method, args, kwargs, session._dbs)
+        return await session.call(method, args, kwargs)
 
 
 def _twin(cls, name: str, method) -> None:
