@@ -28,10 +28,13 @@ import functools
 import inspect
 import queue
 import threading
+import logging
 import weakref
 
 from .connection import DatabaseConnection, db_connection
 from .errors import DRIVER_ERRORS, DatabaseConnectionError, PoolExhaustedError
+
+logger = logging.getLogger(__name__)
 
 IDLE_SECONDS = 5.0  # an idle worker thread ends after this long: a quiet process keeps none
 
@@ -73,6 +76,10 @@ class _Worker(threading.Thread):
         self.jobs.put(job)
         return job
 
+    def post(self, fn, args=(), *, release=False) -> None:
+        """Run ``fn(*args)`` on this thread after the jobs before it, awaited by nobody."""
+        self.jobs.put(_Job(fn, args, {}, None, (), release))
+
     async def call(self, fn, args=(), kwargs=None, dbs=(), *, release=False, interruptible=True):
         """``fn(*args, **kwargs)`` on this thread; a cancellation while it runs cancels its statement."""
         job = self.submit(fn, args, kwargs, dbs, release=release)
@@ -104,7 +111,12 @@ class _Worker(threading.Thread):
                 if self.threads.retire(self):
                     return
                 continue
-            if not job.cancelled:
+            if job.future is None:  # posted: nobody waits for it
+                try:
+                    job.fn(*job.args, **job.kwargs)
+                except Exception as exc:
+                    logger.warning("ending a read-only async session failed: %s: %s", type(exc).__name__, exc)
+            elif not job.cancelled:
                 # Peewee keeps each connection in a thread-local: this thread's own dicts of
                 # them, read by interrupt() from the event loop's thread.
                 self.states = [db._state.__dict__ for db in job.dbs]
@@ -220,12 +232,14 @@ def threads_of(connection: DatabaseConnection) -> _Threads:
 class AsyncSession:
     """``async with connection.async_session() as db:`` -- see :func:`get_async_db_session`."""
 
-    __slots__ = ("connection", "_session", "_worker", "_owned", "_entered", "_used", "_parent", "_dbs")
+    __slots__ = ("connection", "_session", "_read_only", "_worker", "_owned", "_entered", "_used", "_parent",
+                 "_dbs")
 
     def __init__(self, connection: DatabaseConnection, operation: str = "session", model: str = "",
                  read_only: bool = False):
         self.connection = connection
         self._session = connection.session(operation, model, read_only)
+        self._read_only = read_only
         self._entered = self._used = False
 
     async def __aenter__(self) -> "AsyncSession":
@@ -245,6 +259,12 @@ class AsyncSession:
         if not self._used:  # nothing ever ran on the thread: nothing to close there
             if self._owned:
                 self._worker.threads.release(self._worker)
+            return False
+        if self._read_only and self._owned and exc_type is None:
+            # Ending a read-only transaction changes nothing the caller could act on:
+            # not waited for (half the hops of a one-read request). The thread
+            # releases itself after it, before serving another session.
+            self._worker.post(self._leave, (None, None, None), release=True)
             return False
         # Never skipped nor interrupted, and it releases the thread itself once the
         # transaction is over: a second cancellation here cannot leak the connection.
