@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
+from .aio import AsyncTwins
 from .connection import DatabaseConnection, db_connection
 from .errors import DataValidationError, NotFoundError
 from .models import BaseModel
@@ -27,7 +28,7 @@ def reads(method: F) -> F:
     return routed
 
 
-class BaseRepository(Generic[T]):
+class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin of each method
     """CRUD over one model. Subclasses set ``model`` and add their own queries.
 
     Every method runs in its own session (a transaction), or joins the caller's

@@ -8,6 +8,8 @@ Run it (configured by the environment, see README.md beside this file)::
 Every endpoint is a plain ``def``: FastAPI runs it in its thread pool, and
 the whole body runs in one marketstore session (one transaction on one pooled
 connection, see :func:`in_session`), reads on a replica when one is configured.
+Each has an ``async def`` twin under ``/async`` with the same JSON, whose
+session is a FastAPI dependency (:func:`read_session`, :func:`write_session`).
 marketstore's errors become HTTP statuses with a JSON body naming the field and
 the value (:data:`STATUS`).
 """
@@ -16,18 +18,20 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import inspect
 import logging
 from contextlib import asynccontextmanager
-from typing import Optional
+from typing import Annotated, AsyncIterator, Optional
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 import marketstore
 from marketstore import errors
+from marketstore.aio import AsyncSession, get_async_db_session
 
 logger = logging.getLogger("marketstore.service")
 
@@ -168,6 +172,68 @@ def transition_order(order_id: str, move: Transition) -> dict:
     """Move the order along its state machine; 422 names an illegal move, 404 an unknown order."""
     return _order(orders.transition(order_id, move.status, move.filled_quantity,
                                     move.average_fill_price, note=move.note))
+
+
+# -- the same endpoints, async ----------------------------------------------------
+# A dependency can hold an async session: its awaited calls run on the thread the
+# session holds, whichever task or thread FastAPI enters and leaves it in. Scope
+# "function" (FastAPI >= 0.121) leaves it before the response is sent, so a failed
+# COMMIT is the response, not a log line after a 201.
+_BEFORE_RESPONSE = {"scope": "function"} if "scope" in inspect.signature(Depends).parameters else {}
+
+
+async def read_session() -> AsyncIterator[AsyncSession]:
+    """A read-only async session per request (a replica within the lag bound when configured)."""
+    async with get_async_db_session("request", read_only=True) as session:
+        yield session
+
+
+async def write_session() -> AsyncIterator[AsyncSession]:
+    """An async session per request on the primary: committed when the endpoint returns."""
+    async with get_async_db_session("request") as session:
+        yield session
+
+
+Reads = Annotated[AsyncSession, Depends(read_session, **_BEFORE_RESPONSE)]
+Writes = Annotated[AsyncSession, Depends(write_session, **_BEFORE_RESPONSE)]
+
+
+@app.get("/async/prices/latest")
+async def alatest_prices(session: Reads, symbols: str, interval: str = "1m") -> dict:
+    """``GET /prices/latest``, async."""
+    wanted = [s.strip() for s in symbols.split(",") if s.strip()]
+    found = await prices.alatest_for_symbols(wanted, interval)
+    return {symbol: _price(bar) for symbol, bar in found.items()}
+
+
+@app.get("/async/prices/{symbol}")
+async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: str = "1m") -> list:
+    """``GET /prices/{symbol}``, async."""
+    return [_price(bar) for bar in await prices.aget_range(symbol, start, end, interval)]
+
+
+@app.get("/async/articles/search")
+async def asearch_articles(session: Reads, q: str, limit: int = 20) -> list:
+    """``GET /articles/search``, async."""
+    return [{"id": a.id, "title": a.title, "source": a.source, "url": a.url,
+             "published_at": _time(a.published_at), "symbols": a.symbols, "rank": a.rank}
+            for a in await articles.asearch(q, limit)]
+
+
+@app.post("/async/orders", status_code=201)
+async def aplace_order(session: Writes, order: NewOrder) -> dict:
+    """``POST /orders``, async."""
+    data = order.model_dump(exclude_none=True)
+    if "signal_id" in data:
+        data["signal"] = data.pop("signal_id")
+    return _order(await orders.acreate(**data))
+
+
+@app.post("/async/orders/{order_id}/transition")
+async def atransition_order(session: Writes, order_id: str, move: Transition) -> dict:
+    """``POST /orders/{order_id}/transition``, async."""
+    return _order(await orders.atransition(order_id, move.status, move.filled_quantity,
+                                           move.average_fill_price, note=move.note))
 
 
 @app.get("/health")
