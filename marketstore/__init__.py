@@ -2,6 +2,7 @@
 import logging as _logging
 
 from . import errors
+from .aio import AsyncSession, async_session, get_async_db_session
 from .config import Settings, load_settings
 from .connection import (
     DatabaseConnection,
@@ -60,6 +61,7 @@ from .migrations import DatabaseMigration, run_migrations
 __all__ = [
     # connection layer and configuration
     "DatabaseConnection", "db_connection", "get_db_session", "initialize_database", "close_database",
+    "AsyncSession", "async_session", "get_async_db_session",
     "retry_transaction", "Settings", "load_settings", "Session", "PooledPostgresqlExtDatabase",
     # errors (the module, and its classes)
     "errors", "MarketstoreError", "ConfigurationError", "DatabaseConnectionError", "PoolExhaustedError",
