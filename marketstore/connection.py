@@ -91,7 +91,9 @@ class Session:
         self._read_only, self._route = read_only, route
 
     def __enter__(self) -> PooledPostgresqlExtDatabase:
-        router = self._router = self._connection._route()
+        router = self._router = self._connection._router
+        if router is None:
+            raise DatabaseConnectionError("database not initialized: call initialize_database() first")
         self._started = time.perf_counter()
         db = router.enter(self._read_only, self._route)
         stack = sessions.stack
@@ -123,9 +125,9 @@ class Session:
             if self._atomic is not None:
                 self._atomic.__exit__(exc_type, exc, tb)
             elif exc is None:
-                db.close_transaction(commit=True)
+                db.close_transaction(True)
             else:
-                db.close_transaction(commit=False, broken=is_connection_lost(exc))
+                db.close_transaction(False, is_connection_lost(exc))
         except BaseException as failure:  # COMMIT failed: the server rolled back
             self._reraise(failure)
         finally:
@@ -219,12 +221,6 @@ class DatabaseConnection:
         if db is None:
             raise DatabaseConnectionError("database not initialized: call initialize_database() first")
         return db
-
-    def _route(self) -> PrimaryRouter:
-        router = self._router
-        if router is None:
-            raise DatabaseConnectionError("database not initialized: call initialize_database() first")
-        return router
 
     @property
     def is_initialized(self) -> bool:
@@ -329,7 +325,7 @@ def close_database() -> None:
 def get_db_session(operation: str = "session", model: str = "", read_only: bool = False):
     """``with get_db_session() as db:`` — a transaction on :data:`db_connection`
     (``read_only=True``: see :meth:`DatabaseConnection.session`)."""
-    return db_connection.session(operation, model, read_only)
+    return Session(db_connection, operation, model, read_only)
 
 
 def _in_transaction(connection: DatabaseConnection | None = None) -> bool:

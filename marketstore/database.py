@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 
 import peewee
@@ -24,7 +25,7 @@ from playhouse.postgres_ext import PostgresqlExtDatabase
 from .errors import DRIVER_ERRORS
 from .forksafe import on_fork_in_child
 from .pool import ConnectionPool
-from .transactions import DRIVER, PoolerModes, ThreadState
+from .transactions import COMMIT_CALLBACKS, DRIVER, PoolerModes, ThreadState
 
 
 class _SessionMark:
@@ -33,7 +34,7 @@ class _SessionMark:
 
 
 _SESSION = _SessionMark()
-_COMMIT_CALLBACKS = hasattr(peewee.Database, "_run_commit_callbacks")  # Peewee 4's after_commit()
+_PEEWEE_LOG = peewee.logger  # where Peewee logs each statement
 
 
 class _ConnectionContext:
@@ -133,6 +134,33 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
     def connection_context(self):
         return _ConnectionContext(self)
 
+    query_hooks = ()  # Peewee 4 sets a list per database; Peewee 3 has none
+
+    def execute_sql(self, sql, params=None, *args, **kwargs):
+        """Peewee's ``execute_sql``: ``(sql, params)`` logged at DEBUG to the ``peewee`` logger,
+        driver errors raised as Peewee's, the cursor returned.
+
+        On an open connection with no query hook, named cursor or other option
+        it runs here, in one call instead of Peewee's six (``execute_sql`` twice,
+        ``_execute_cursor``, ``_log_query``, ``cursor``, ``is_closed``) and the
+        exception wrapper's two: a short transaction spent a tenth of its
+        client time in them. The rest is Peewee's path, unchanged.
+        """
+        conn = self._state.conn
+        if conn is None or args or kwargs or self.query_hooks:
+            return super().execute_sql(sql, params, *args, **kwargs)
+        if _PEEWEE_LOG.isEnabledFor(logging.DEBUG):
+            _PEEWEE_LOG.debug((sql, params))
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params or ())
+        except Exception as exc:
+            # What Peewee's `with __exception_wrapper__:` does: raises the Peewee
+            # error for a driver error (the original chained), else nothing.
+            peewee.__exception_wrapper__.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return cursor
+
     # -- the pool API Peewee documents ----------------------------------------
     def manual_close(self) -> bool:
         """Close this thread's connection instead of returning it to the pool."""
@@ -194,19 +222,15 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         if self.deferred:
             raise peewee.InterfaceError("database must be initialized before opening a connection")
         conn = self._pool.checkout()
-        state = self._state
         try:
-            state.set_connection(conn)
             if self.server_version is None:  # first connection only
                 self._set_server_version(conn)
             pooler = self._pooler_modes
             mode = DRIVER if pooler is None else pooler.choose(conn, read_only)
             mode.open(conn, read_only)
-            state.mode = mode
-            state.ctx.append(_SESSION)
-            state.transactions.append(self._session_transaction)
+            self._state.open_session(conn, mode, _SESSION, self._session_transaction)
         except BaseException:
-            state.reset()
+            self._state.reset()
             self._pool.checkin(conn, discard=True)
             raise
 
@@ -222,26 +246,26 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         closes the connection.
         """
         state = self._state
-        conn = state.conn
+        fields = state.__dict__  # this thread's: one lookup (see ThreadState)
+        conn = fields["conn"]
         if conn is None:  # open_transaction() failed: nothing checked out
             return
-        mode = state.mode
         # Emptied before COMMIT (Peewee 4 pops its transaction first too), so
         # after_commit callbacks run outside the transaction.
-        del state.transactions[:]
+        del fields["transactions"][:]
         try:
             if commit:
-                mode.end(conn, commit=True)
-                if _COMMIT_CALLBACKS:
+                fields["mode"].end(conn, True)
+                if COMMIT_CALLBACKS and fields["commit_callbacks"]:
                     self._run_commit_callbacks()
             elif not broken:
                 try:
-                    mode.end(conn, commit=False)
+                    fields["mode"].end(conn, False)
                 except DRIVER_ERRORS:  # lost; the caller is reporting an error of its own
                     broken = True
         finally:
-            state.reset()
-            self._pool.checkin(conn, discard=broken)
+            state.close_session()
+            self._pool.checkin(conn, broken)
 
     # Peewee's transaction hooks, as the mode of this thread's transaction has them.
     def begin(self, *args, **kwargs) -> None:

@@ -203,7 +203,8 @@ class ConnectionPool:
             keep = keep and (self.pool_size is None or len(self._idle) < self.pool_size)
             if keep:
                 self._idle.append((conn, created, now))
-            self._notify()
+            if self._waiting:  # _notify(), without a call per transaction
+                self._cond.notify()
         if not keep:
             self._close_raw(conn)
 
