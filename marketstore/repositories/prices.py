@@ -20,11 +20,12 @@ from ._frames import frame_source
 from ._load import UpsertCount, copy_new, upsert
 from ._rows import RowStream
 from ._frames_out import FILLS, build_frame, check_library, fetch_columns, frame_query
-from ._price_rows import PRICE_SELECT, SYMBOL_AT, price_models, utc_rows
+from ._price_rows import PRICE_ROW_COLUMNS, PRICE_SELECT, SYMBOL_AT, price_models, utc_rows
 from ._price_sql import INTERVAL_PROBE, SERIES, STORED_INTERVALS, buckets, in_range
 from ._sql import aware
 
 MAX_SYMBOLS = 10_000  # latest_for_symbols: one array parameter
+INTERVAL_AT = PRICE_ROW_COLUMNS.index("interval")
 Progress = Callable[[int], None]
 
 
@@ -109,23 +110,27 @@ class PriceRepository(BaseRepository[Price]):
         wanted, interval = check.symbol_list(symbols, max_symbols=MAX_SYMBOLS), optional_interval(interval)
         if not wanted:
             return {}
-        if interval is None:  # the interval probes and the bar in one statement
-            sql = (f'SELECT p.*, i.second FROM ({INTERVAL_PROBE}) AS i(symbol, iv, second) '
-                   f'CROSS JOIN LATERAL (SELECT {PRICE_SELECT} FROM prices WHERE prices.symbol = i.symbol '
-                   'AND prices."interval" = i.iv ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
+        if interval is None:
+            # One probe: the newest bar of the symbol's greatest interval; a second: its smallest interval
+            # (another one: the symbol has several, refused). Two index probes where a given interval takes one.
+            sql = (f'SELECT p.*, (SELECT o."interval" FROM prices AS o WHERE o.symbol = p.symbol '
+                   'ORDER BY o."interval" LIMIT 1) FROM unnest(%s::text[]) AS s(symbol) '
+                   f'CROSS JOIN LATERAL (SELECT {PRICE_SELECT} FROM prices WHERE prices.symbol = s.symbol '
+                   'ORDER BY prices."interval" DESC, prices."timestamp" DESC LIMIT 1) AS p')
             params = (wanted,)
         else:
-            sql = (f'SELECT p.*, NULL FROM unnest(%s::text[]) AS s(symbol) '
+            sql = (f'SELECT p.* FROM unnest(%s::text[]) AS s(symbol) '
                    f'CROSS JOIN LATERAL (SELECT {PRICE_SELECT} FROM prices '
                    '  WHERE prices.symbol = s.symbol AND prices."interval" = %s '
                    '  ORDER BY prices."timestamp" DESC LIMIT 1) AS p')
             params = (wanted, interval)
         with self.session("latest_for_symbols") as db:
             rows = db.execute_sql(sql, params).fetchall()
-            several = [row[SYMBOL_AT] for row in rows if row[-1] is not None]
-            if several:
-                self._intervals(db, several[:1], None)  # raises, naming the stored intervals
-        rows = [row[:-1] for row in rows]
+            if interval is None:
+                several = [row[SYMBOL_AT] for row in rows if row[-1] != row[INTERVAL_AT]]
+                if several:
+                    self._intervals(db, several[:1], None)  # raises, naming the stored intervals
+                rows = [row[:-1] for row in rows]
         return dict(zip((row[SYMBOL_AT] for row in rows), price_models(rows)))
 
     @reads
