@@ -44,13 +44,18 @@ _FILL = (f'UPDATE {STAGE} AS s SET "interval" = v.interval FROM unnest(%s::text[
 # (highest id) of each key, as applying the rows in order would. A bar equal to the stored
 # one is not written again (no dead tuple, no WAL, nothing for replicas).
 _MERGE = (
-    f"WITH merged AS (INSERT INTO prices ({COPY_COLUMNS}) "
-    f"SELECT DISTINCT ON ({_KEY}) {COPY_COLUMNS} FROM {STAGE} ORDER BY {_KEY}, id DESC "
+    f"WITH latest AS (SELECT DISTINCT ON ({_KEY}) {COPY_COLUMNS} FROM {STAGE} ORDER BY {_KEY}, id DESC), "
+    # Only new or changed bars reach the INSERT: ON CONFLICT ... WHERE false would still lock (and so
+    # write) every stored row it skips; a join reads them and writes nothing.
+    "changed AS (SELECT l.* FROM latest AS l LEFT JOIN prices AS p ON p.symbol = l.symbol "
+    'AND p."interval" = l."interval" AND p."timestamp" = l."timestamp" '
+    f"WHERE p.id IS NULL OR ({', '.join(f'p.{c}' for c in _VALUES)}) IS DISTINCT FROM "
+    f"({', '.join(f'l.{c}' for c in _VALUES)})), "
+    f"merged AS (INSERT INTO prices ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM changed "
     f"ON CONFLICT ({_KEY}) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUES)
-    + f" WHERE ({', '.join(f'prices.{c}' for c in _VALUES)}) IS DISTINCT FROM "
-    f"({', '.join(f'EXCLUDED.{c}' for c in _VALUES)}) RETURNING xmax = 0 AS inserted) "
-    f"SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), "
-    f"(SELECT count(*) FROM (SELECT DISTINCT {_KEY} FROM {STAGE}) AS k) FROM merged"
+    + " RETURNING xmax = 0 AS inserted) "
+    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), "
+    "(SELECT count(*) FROM latest) FROM merged"
 )
 _STORED = 'SELECT 1 FROM prices WHERE symbol = %s AND "interval" = %s AND "timestamp" = %s'
 _INSERT = f"INSERT INTO prices ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM {STAGE} ORDER BY id"
