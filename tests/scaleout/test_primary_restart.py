@@ -150,7 +150,8 @@ def check(outcomes: list[Outcome], down_at: float, up_at: float, service: Servic
     print(f"\n[{label}] {len(outcomes)} requests, {len(failed)} not 2xx "
           f"({sorted({(o.method, o.status) for o in failed}, key=str)}); server down {up_at - down_at:.2f} s; "
           f"first 2xx {first_ok_after - up_at if first_ok_after else float('nan'):+.3f} s "
-          f"and last non-2xx {last_failure - up_at if last_failure else float('nan'):+.3f} s after the server answered; "
+          f"and last non-2xx {last_failure - up_at if last_failure else float('nan'):+.3f} s "
+          f"after the server answered; "
           f"slowest request {worst:.2f} s")
 
     def show(items):
