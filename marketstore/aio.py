@@ -163,8 +163,7 @@ class _Threads:
             return worker
         waiter = worker
         try:
-            async with asyncio.timeout(self.timeout):
-                return await waiter
+            return await asyncio.wait_for(waiter, self.timeout)  # asyncio.timeout() is Python 3.11+
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 # Handed over just as this task was cancelled or timed out: pass it on.
@@ -173,7 +172,7 @@ class _Threads:
                 with self._lock:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # distinct classes before 3.11
                 raise PoolExhaustedError(f"all {self.size} connections in use for {self.timeout:g} s "
                                          "(pool_timeout)") from None
             raise
