@@ -189,7 +189,7 @@ def range_read(ctx: Context) -> Iterator[Comparison]:
 
     contenders = [
         Contender("raw fetchall", lambda: references.fetch_range(ctx.raw, *args), "reference",
-                  note="all 9 columns, as the models carry"),
+                  note="all 10 columns, as the models carry"),
         Contender("get_range (models)", lambda: list(repo.get_range(*args))),
         Contender(fast_name, lambda: list(fast(*args)), note=fast_note),
         Contender("SQLAlchemy ORM select", lambda: sqla.orm_range(ctx.engine, *args), "sqlalchemy"),

@@ -13,7 +13,7 @@ import psycopg2.pool
 from .data import COLUMNS
 
 INSERT_COLUMNS = ", ".join(f'"{c}"' for c in COLUMNS)
-SELECT_COLUMNS = 'id, symbol, "timestamp", open, high, low, close, volume, "interval"'
+SELECT_COLUMNS = 'id, symbol, "timestamp", open, high, low, close, volume, "interval", adj_close'  # every column, as the models carry
 CONFLICT_UPDATE = ", ".join(
     f'"{c}" = EXCLUDED."{c}"' for c in ("open", "high", "low", "close", "volume")
 )
