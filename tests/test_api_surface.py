@@ -174,3 +174,13 @@ def test_no_module_imports_another_module_s_private_name():
 def test_no_module_is_over_450_lines():
     sizes = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     assert {name: size for name, size in sizes.items() if size > 450} == {}
+
+
+def test_the_readme_layout_names_every_module():
+    layout = (PACKAGE.parent / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    modules = [path for path in PACKAGE.rglob("*.py")
+               if not path.name.startswith("__") and "_migrations" not in path.parts]
+    # A module is named by its file (`pool.py`, `marketstore/pool.py`) or, for a command group, its stem.
+    missing = [str(path.relative_to(PACKAGE)) for path in modules
+               if not any(f"{name}`" in layout for name in (f"`{path.name}", f"/{path.name}", f"`{path.stem}"))]
+    assert missing == []
