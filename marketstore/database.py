@@ -298,12 +298,15 @@ class SessionStack(threading.local):
     ``stack``: the database of each open session, innermost last (what
     :data:`database_proxy` resolves to). ``reads``: ``(router, mode)`` of each
     routed read in progress (:meth:`marketstore.routing.ReplicaRouter.read`),
-    innermost last.
+    innermost last. ``joins``: how many repository reads are in progress
+    (:meth:`marketstore.connection.DatabaseConnection.read`); a session opened
+    inside one joins an open transaction without a savepoint.
     """
 
     def __init__(self):
         self.stack: list = []
         self.reads: list = []
+        self.joins = 0
 
 
 sessions = SessionStack()
