@@ -210,7 +210,7 @@ class ConnectionPool:
         created, now, recycle = slot[1], time.monotonic(), self.recycle
         # _reusable() may roll back (a round trip): not under the lock.
         keep = not discard and not (recycle and now - created > recycle) and self._reusable(conn)
-        surplus = None
+        surplus = timer = None
         with self._lock:
             if self._busy.pop(id(conn), None) is None:  # closed by close_all() meanwhile
                 return
@@ -222,11 +222,13 @@ class ConnectionPool:
                 if keep:
                     surplus = self._surplus(now)
                     if self._trimmer is None:
-                        self._schedule_trim()
+                        timer = self._new_trimmer()
             if keep:
                 idle.append((conn, created, now))
             if self._waiting:  # _notify(), without a call per transaction
                 self._cond.notify()
+        if timer is not None:
+            timer.start()  # outside the lock: starting a thread waits for it
         if not keep:
             self._close_raw(conn)
         if surplus:
@@ -246,24 +248,28 @@ class ConnectionPool:
         del idle[:count]
         return surplus
 
-    def _schedule_trim(self) -> None:
-        # One timer at a time, only while surplus exists: a pool at or under
-        # pool_size idle runs no thread. A little after the grace, so the
-        # connections it finds have outstayed it.
+    def _new_trimmer(self) -> threading.Timer:
+        """The pool's one pending trim, made (the caller starts it, outside the lock)."""
+        # Only while surplus exists: a pool at or under pool_size idle runs no
+        # thread. A little after the grace, so the connections it finds have
+        # outstayed it.
         timer = self._trimmer = threading.Timer(self.idle_grace + 0.05, self._trim)
         timer.daemon = True
         timer.name = "marketstore-pool-trim"
-        timer.start()
+        return timer
 
     def _trim(self) -> None:
         """The timer's work: close the surplus that outstayed the grace; again later if some is left."""
+        timer = None
         with self._lock:
             if self._trimmer is not threading.current_thread():  # disposed or replaced meanwhile
                 return
             self._trimmer = None
             surplus = self._surplus(time.monotonic())
             if self.pool_size is not None and len(self._idle) > self.pool_size and self.idle_grace > 0:
-                self._schedule_trim()
+                timer = self._new_trimmer()
+        if timer is not None:
+            timer.start()
         self._close_all_raw(surplus)
 
     def _close_all_raw(self, entries) -> None:
