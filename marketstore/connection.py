@@ -70,7 +70,8 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     return PooledPostgresqlExtDatabase(
         dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
         timeout=settings.pool_timeout or None, pool_size=settings.pool_size, pre_ping=settings.pool_pre_ping,
-        ping_after_idle=None, idle_grace=settings.pool_idle_grace, transaction_settings=transaction_settings, **params)
+        ping_after_idle=None, idle_grace=settings.pool_idle_grace, transaction_settings=transaction_settings,
+        **params)
 
 
 class _Joined:

@@ -22,7 +22,8 @@ READS = {
 
 
 def savepoint_statements(statements) -> list[str]:
-    return [sql for sql, _ in statements if sql.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO"))]
+    marks = ("SAVEPOINT", "RELEASE", "ROLLBACK TO")
+    return [sql for sql, _ in statements if sql.lstrip().upper().startswith(marks)]
 
 
 @pytest.mark.parametrize("name", READS)
