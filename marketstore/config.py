@@ -118,6 +118,10 @@ class Settings:
     max_overflow: int = setting("MARKETSTORE_MAX_OVERFLOW", integer(0), 20)
     pool_timeout: float = setting("MARKETSTORE_POOL_TIMEOUT", number(0), 30.0)
     pool_recycle: float = setting("MARKETSTORE_POOL_RECYCLE", number(0), 3600.0)
+    # Seconds a connection beyond pool_size idle waits to be taken again before it
+    # is closed (0: at once): a steady load above pool_size in flight reuses its
+    # connections instead of opening a backend per request.
+    pool_idle_grace: float = setting("MARKETSTORE_POOL_IDLE_GRACE", number(0), 1.0)
     pool_pre_ping: bool = setting("MARKETSTORE_POOL_PRE_PING", boolean, True)
     statement_timeout: int | None = setting("MARKETSTORE_STATEMENT_TIMEOUT", integer(0), None)
     application_name: str = setting("MARKETSTORE_APPLICATION_NAME", text, "marketstore")

@@ -70,7 +70,20 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     return PooledPostgresqlExtDatabase(
         dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
         timeout=settings.pool_timeout or None, pool_size=settings.pool_size, pre_ping=settings.pool_pre_ping,
-        ping_after_idle=None, transaction_settings=transaction_settings, **params)
+        ping_after_idle=None, idle_grace=settings.pool_idle_grace, transaction_settings=transaction_settings,
+        **params)
+
+
+class _Joined:
+    """What a session that joined its caller's transaction leaves on exit: nothing to end."""
+
+    __slots__ = ()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
+
+_JOINED = _Joined()
 
 
 class Session:
@@ -106,6 +119,11 @@ class Session:
                     # Outermost: a transaction of PooledPostgresqlExtDatabase's fast path.
                     self._atomic = None
                     db.open_transaction(self._read_only)
+                elif sessions.joins and db.in_transaction():
+                    # A repository read inside a transaction: it joins it. A savepoint
+                    # (SAVEPOINT + RELEASE, two round trips) would only serve a caller
+                    # that catches a failed read and goes on; a read has nothing to undo.
+                    self._atomic = _JOINED
                 else:
                     # Nested, or inside plain Peewee use of the thread's connection:
                     # atomic() makes a savepoint, or a transaction if none is open.
@@ -255,13 +273,20 @@ class DatabaseConnection:
         served by a replica within ``max_replica_lag`` (else the primary); if
         the replica's connection breaks midway, ``fn`` runs once more on the
         primary, so it must be safe to repeat (a read is). Inside a session
-        ``fn`` joins it; without replicas it simply runs. Returns what ``fn``
+        ``fn``'s sessions join its transaction without a savepoint (a read has
+        nothing to roll back; a failed one then fails the whole session);
+        without replicas it simply runs. Returns what ``fn``
         returns; raises what it raises.
         """
         router = self._router
         if router is None:  # fn's own sessions say that nothing is initialized
             return fn(*args, **kwargs)
-        return router.read(fn, args, kwargs)
+        state = sessions
+        state.joins += 1
+        try:
+            return router.read(fn, args, kwargs)
+        finally:
+            state.joins -= 1
 
     def health_check(self) -> bool:
         """True when a round trip to the (primary) server succeeds; never raises."""

@@ -74,7 +74,9 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
     connection's creation after which it is replaced) and ``timeout``
     (seconds a checkout waits when all are in use; ``None``: no wait, ``0``:
     for ever) mean what they mean for Peewee's ``PooledPostgresqlExtDatabase``;
-    ``pool_size`` caps the idle connections kept. ``pre_ping`` replaces
+    ``pool_size`` caps the idle connections kept once quiet; ``idle_grace``
+    (seconds, ``0``: none) is how long one returned beyond it may wait to be
+    reused before it is closed. ``pre_ping`` replaces
     connections the server dropped at checkout; as Peewee 4's pool does, with
     a ``SELECT 1`` at every checkout unless ``ping_after_idle`` (seconds idle
     before a round trip is worth it; ``None``: the pool's default, 10 s) says
@@ -89,13 +91,14 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
 
     def __init__(self, database, max_connections: int | None = 20, stale_timeout: float | None = None,
                  timeout: float | None = None, *, pool_size: int | None = None, pre_ping: bool = True,
-                 ping_after_idle: float | None = 0.0, transaction_settings: dict | None = None, **kwargs):
+                 ping_after_idle: float | None = 0.0, idle_grace: float = 0.0,
+                 transaction_settings: dict | None = None, **kwargs):
         # Before super().__init__, which calls init().
         self._pooler_modes = None if transaction_settings is None else PoolerModes(transaction_settings)
         self._pool = ConnectionPool(functools.partial(PostgresqlExtDatabase._connect, self),
                                     max_connections=max_connections, pool_size=pool_size,
                                     timeout=_wait(timeout), recycle=stale_timeout or None, pre_ping=pre_ping,
-                                    ping_after_idle=ping_after_idle)
+                                    ping_after_idle=ping_after_idle, idle_grace=idle_grace)
         super().__init__(database, **kwargs)
         self._state = ThreadState()  # Peewee's per-thread state, plus the transaction mode
         # Peewee's connect() and close() hold this lock around _connect/_close. Our
@@ -111,12 +114,12 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         on_fork_in_child(self._forget_connection)
 
     def init(self, database, max_connections=None, stale_timeout=None, timeout=None, *,
-             pool_size=None, pre_ping=None, ping_after_idle=None, **kwargs):
+             pool_size=None, pre_ping=None, ping_after_idle=None, idle_grace=None, **kwargs):
         """Peewee's ``init()``; pool limits given here apply from the next checkout."""
         super().init(database, **kwargs)
         self._pool.configure(max_connections=max_connections, pool_size=pool_size, pre_ping=pre_ping,
                              timeout=None if timeout is None else _wait(timeout), recycle=stale_timeout,
-                             ping_after_idle=ping_after_idle)
+                             ping_after_idle=ping_after_idle, idle_grace=idle_grace)
 
     # -- Peewee's hooks -------------------------------------------------------
     def _connect(self):
@@ -295,12 +298,15 @@ class SessionStack(threading.local):
     ``stack``: the database of each open session, innermost last (what
     :data:`database_proxy` resolves to). ``reads``: ``(router, mode)`` of each
     routed read in progress (:meth:`marketstore.routing.ReplicaRouter.read`),
-    innermost last.
+    innermost last. ``joins``: how many repository reads are in progress
+    (:meth:`marketstore.connection.DatabaseConnection.read`); a session opened
+    inside one joins an open transaction without a savepoint.
     """
 
     def __init__(self):
         self.stack: list = []
         self.reads: list = []
+        self.joins = 0
 
 
 sessions = SessionStack()

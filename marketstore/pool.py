@@ -5,8 +5,11 @@ max_overflow=20, pool_timeout=30, pool_recycle=3600, pool_pre_ping=True)``):
 
 * at most ``max_connections`` open; a checkout that finds them all in use
   waits up to ``timeout`` seconds, then raises ``PoolExhaustedError``;
-* at most ``pool_size`` idle: a connection returned while that many are idle
-  is closed;
+* at most ``pool_size`` idle once quiet: a connection returned while that
+  many are idle is closed, at once or, with ``idle_grace``, when it has stayed
+  idle that long (a steady load above ``pool_size`` in flight then reuses its
+  connections instead of opening a backend per request, as HikariCP's
+  ``idleTimeout`` and PgBouncer's ``server_idle_timeout`` do);
 * a connection older than ``recycle`` seconds (counted from its creation) is
   closed instead of reused;
 * with ``pre_ping``, a connection the server dropped is found at checkout and
@@ -50,6 +53,11 @@ class ConnectionPool:
     (a terminated backend's last words) without a round trip, and sends a
     ``SELECT 1`` when the connection was idle ``ping_after_idle`` seconds or
     more (``None``: :data:`FULL_PING_AFTER_IDLE`; ``0``: every checkout).
+    ``idle_grace`` (seconds; ``0``: close at once) is how long a connection
+    beyond ``pool_size`` idle may wait to be taken again before it is closed:
+    checkouts and check-ins close the surplus that outstayed it, and when
+    surplus is left behind a one-shot timer closes it after the grace, so a
+    pool that falls quiet shrinks to ``pool_size`` without another call.
     Thread-safe; after ``os.fork()`` the child starts with an empty pool (the
     parent's connections are forgotten, never closed: closing would end the
     parent's sessions on the server).
@@ -57,7 +65,7 @@ class ConnectionPool:
 
     def __init__(self, connect: Callable[[], Any], *, max_connections: int | None = 30,
                  pool_size: int | None = None, timeout: float = 0.0, recycle: float | None = None,
-                 pre_ping: bool = False, ping_after_idle: float | None = None):
+                 pre_ping: bool = False, ping_after_idle: float | None = None, idle_grace: float = 0.0):
         self._new = connect
         self._lock = threading.Lock()  # entered directly: Condition's own __enter__ is Python code
         self._cond = threading.Condition(self._lock)
@@ -71,15 +79,17 @@ class ConnectionPool:
         self.recycle = recycle
         self.pre_ping = pre_ping
         self.ping_after_idle = ping_after_idle
+        self.idle_grace = idle_grace
+        self._trimmer: threading.Timer | None = None  # pending one-shot trim of surplus idle
         on_fork_in_child(self.dispose)
 
     def configure(self, *, max_connections=None, pool_size=None, timeout=None, recycle=None,
-                  pre_ping=None, ping_after_idle=None) -> None:
+                  pre_ping=None, ping_after_idle=None, idle_grace=None) -> None:
         """Change the limits given (``None`` keeps one); they apply from the next checkout."""
         with self._lock:
             for name, value in (("max_connections", max_connections), ("pool_size", pool_size),
                                 ("timeout", timeout), ("recycle", recycle), ("pre_ping", pre_ping),
-                                ("ping_after_idle", ping_after_idle)):
+                                ("ping_after_idle", ping_after_idle), ("idle_grace", idle_grace)):
                 if value is not None:
                     setattr(self, name, value)
             self._notify(every=True)
@@ -121,8 +131,11 @@ class ConnectionPool:
                 # has outlived `recycle`, one per checkout, so a quiet pool shrinks too.
                 recycle = self.recycle
                 stale = idle.pop(0) if recycle and idle and now - idle[0][1] > recycle else None
+                surplus = self._surplus(now) if len(idle) > (self.pool_size or len(idle)) else None
             if stale is not None:
                 self._close_raw(stale[0])
+            if surplus:
+                self._close_all_raw(surplus)
             if not (recycle and now - created > recycle) and self._alive(conn, now - returned):
                 return conn
             self._forget(conn)
@@ -197,16 +210,71 @@ class ConnectionPool:
         created, now, recycle = slot[1], time.monotonic(), self.recycle
         # _reusable() may roll back (a round trip): not under the lock.
         keep = not discard and not (recycle and now - created > recycle) and self._reusable(conn)
+        surplus = timer = None
         with self._lock:
             if self._busy.pop(id(conn), None) is None:  # closed by close_all() meanwhile
                 return
-            keep = keep and (self.pool_size is None or len(self._idle) < self.pool_size)
+            idle, size = self._idle, self.pool_size
+            if keep and size is not None and len(idle) >= size:
+                # Beyond pool_size: kept for the grace (closed at once without one), and
+                # whatever surplus outstayed it goes now.
+                keep = self.idle_grace > 0
+                if keep:
+                    surplus = self._surplus(now)
+                    if self._trimmer is None:
+                        timer = self._new_trimmer()
             if keep:
-                self._idle.append((conn, created, now))
+                idle.append((conn, created, now))
             if self._waiting:  # _notify(), without a call per transaction
                 self._cond.notify()
+        if timer is not None:
+            timer.start()  # outside the lock: starting a thread waits for it
         if not keep:
             self._close_raw(conn)
+        if surplus:
+            self._close_all_raw(surplus)
+
+    # -- the idle grace (called holding the lock) ------------------------------
+    def _surplus(self, now: float) -> list:
+        """Remove and return the idle connections beyond ``pool_size`` idle longer than the grace."""
+        idle, size, grace = self._idle, self.pool_size or 0, self.idle_grace
+        # LIFO: the list is in check-in order, the longest idle first.
+        count = 0
+        while len(idle) - count > size and now - idle[count][2] >= grace:
+            count += 1
+        if not count:
+            return []
+        surplus = idle[:count]
+        del idle[:count]
+        return surplus
+
+    def _new_trimmer(self) -> threading.Timer:
+        """The pool's one pending trim, made (the caller starts it, outside the lock)."""
+        # Only while surplus exists: a pool at or under pool_size idle runs no
+        # thread. A little after the grace, so the connections it finds have
+        # outstayed it.
+        timer = self._trimmer = threading.Timer(self.idle_grace + 0.05, self._trim)
+        timer.daemon = True
+        timer.name = "marketstore-pool-trim"
+        return timer
+
+    def _trim(self) -> None:
+        """The timer's work: close the surplus that outstayed the grace; again later if some is left."""
+        timer = None
+        with self._lock:
+            if self._trimmer is not threading.current_thread():  # disposed or replaced meanwhile
+                return
+            self._trimmer = None
+            surplus = self._surplus(time.monotonic())
+            if self.pool_size is not None and len(self._idle) > self.pool_size and self.idle_grace > 0:
+                timer = self._new_trimmer()
+        if timer is not None:
+            timer.start()
+        self._close_all_raw(surplus)
+
+    def _close_all_raw(self, entries) -> None:
+        for entry in entries:
+            self._close_raw(entry[0])
 
     def _forget(self, conn) -> None:
         with self._lock:
@@ -240,11 +308,10 @@ class ConnectionPool:
 
     # -- maintenance ----------------------------------------------------------
     def close_idle(self) -> int:
-        """Close every idle connection; returns how many."""
+        """Close every idle connection (surplus in its grace too); returns how many."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for entry in idle:
-            self._close_raw(entry[0])
+        self._close_all_raw(idle)
         return len(idle)
 
     def close_stale(self, age: float = 600) -> int:
@@ -274,6 +341,7 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._idle, self._busy, self._opening, self._waiting = [], {}, 0, 0
+        self._trimmer = None  # the parent's timer thread does not exist here
 
     def status(self) -> dict:
         """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""

@@ -20,7 +20,8 @@ def reads(method: F) -> F:
     Called outside any session, it is served by a replica within
     ``max_replica_lag`` when the repository's connection has replicas, and run
     once more on the primary if the replica's connection breaks midway
-    (:meth:`DatabaseConnection.read`); inside a session it joins it.
+    (:meth:`DatabaseConnection.read`); inside a session it joins its
+    transaction, without a savepoint.
     """
     @functools.wraps(method)
     def routed(self, *args, **kwargs):
@@ -32,8 +33,9 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
     """CRUD over one model. Subclasses set ``model`` and add their own queries.
 
     Every method runs in its own session (a transaction), or joins the caller's
-    when called inside ``get_db_session()`` (a savepoint), so several calls can
-    be made atomic together. Errors are :mod:`marketstore.errors` types.
+    when called inside ``get_db_session()``, so several calls can be made atomic
+    together: a write in a savepoint (a caller may catch its failure and go on),
+    a read (``@reads``) without one. Errors are :mod:`marketstore.errors` types.
     """
 
     model: type[T]

@@ -167,8 +167,9 @@ def test_zero_pool_timeout_fails_fast_instead_of_waiting_forever(db, database_ur
 
 
 def test_at_most_pool_size_connections_are_kept_idle(db, raw, database_url):
+    # Without an idle grace the surplus closes at check-in (the grace: test_idle_grace.py).
     name = app_name()
-    conn = initialize_database(database_url, application_name=name)
+    conn = initialize_database(database_url, application_name=name, pool_idle_grace=0)
 
     with held_sessions(30):
         assert server_connections(raw, name) == 30
@@ -192,6 +193,7 @@ def test_pool_options_from_the_environment_take_effect(db, database_url, monkeyp
     monkeypatch.setenv("MARKETSTORE_POOL_SIZE", "2")
     monkeypatch.setenv("MARKETSTORE_MAX_OVERFLOW", "1")
     monkeypatch.setenv("MARKETSTORE_POOL_TIMEOUT", "0.3")
+    monkeypatch.setenv("MARKETSTORE_POOL_IDLE_GRACE", "0")  # the surplus closes at check-in
     conn = initialize_database(database_url, application_name=app_name())
     with held_sessions(3):
         with pytest.raises(PoolExhaustedError):

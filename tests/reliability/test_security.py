@@ -281,6 +281,8 @@ def test_every_pooled_connection_carries_the_application_name(cluster_url, store
                            (again,)))
     assert set(names.values()) == {name}
     # Operators can find (and terminate, or limit) exactly our connections by name.
+    # (The overflow closes after the idle grace, 1 s by default.)
+    assert eventually(lambda: store.pool_status()["idle"], 10, 3) == 10
     ours = eventually(lambda: query(admin, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                                     (name,))[0][0], store.pool_status()["idle"])
     assert ours == store.pool_status()["idle"] == 10
