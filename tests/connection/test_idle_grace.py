@@ -8,29 +8,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 
 import pytest
 
 from marketstore import ConfigurationError, DatabaseConnection
 from marketstore.config import load_settings
 from helpers import eventually
-
-
-@pytest.fixture
-def pool(database_url):
-    """Factory: a private pool on the session database (its own application_name), closed afterwards."""
-    opened = []
-
-    def pool(**options) -> DatabaseConnection:
-        conn = DatabaseConnection().initialize(
-            database_url, application_name=f"mst_grace_{uuid.uuid4().hex[:8]}", **options)
-        opened.append(conn)
-        return conn
-
-    yield pool
-    for conn in opened:
-        conn.close()
 
 
 def server_connections(raw, conn: DatabaseConnection) -> int:

@@ -23,22 +23,6 @@ from marketstore.errors import driver_error
 from helpers import eventually
 
 
-@pytest.fixture
-def pool(database_url):
-    """Factory: a private pool on the session database, closed afterwards."""
-    opened = []
-
-    def pool(**options) -> DatabaseConnection:
-        conn = DatabaseConnection().initialize(
-            database_url, application_name=f"mst_boundary_{uuid.uuid4().hex[:8]}", **options)
-        opened.append(conn)
-        return conn
-
-    yield pool
-    for conn in opened:
-        conn.close()
-
-
 def backend_pid(conn: DatabaseConnection) -> int:
     with conn.session() as db:
         return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
