@@ -95,6 +95,12 @@ def timeframe_of(seconds: int, name: str = "bucket") -> Timeframe:
     raise DataValidationError(name, seconds, "a whole number of seconds")  # unreachable: s divides all
 
 
+def fixed_width(frame: Timeframe) -> dt.timedelta | None:
+    """The width of seconds, minutes, hours, days (24 h) or weeks; ``None`` for months and years (they vary)."""
+    seconds = _SECONDS.get(frame.unit)
+    return None if seconds is None else dt.timedelta(seconds=frame.count * seconds)
+
+
 def interval(value, name: str = "interval") -> str:
     """A bar interval in its canonical, stored spelling (``'1D'`` -> ``'1d'``, ``'1 hour'`` -> ``'1h'``)."""
     return parse(value, name, INTERVAL_DIGITS).text

@@ -170,11 +170,10 @@ def bucket(value) -> dt.timedelta:
     Months and years are calendar spans, not widths: the price reads take
     them (:func:`marketstore.intervals.parse`); here they are refused.
     """
-    frame = intervals.parse(value, "bucket")
-    if frame.unit in ("mo", "y"):
+    width = intervals.fixed_width(intervals.parse(value, "bucket"))
+    if width is None:
         raise DataValidationError("bucket", value, "a fixed width (s, m, h, d, w): months and years vary")
-    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[frame.unit]
-    return dt.timedelta(seconds=frame.count * seconds)
+    return width
 
 
 def unreadable(path: str, exc: OSError) -> DataValidationError:

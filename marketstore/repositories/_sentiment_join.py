@@ -21,10 +21,9 @@ import datetime as dt
 import re
 
 from ..errors import DataValidationError
-from ..intervals import parse, zone, zone_name
+from ..intervals import fixed_width, parse, zone, zone_name
 from ..validation import required_text
 
-_FIXED_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _COUNT = re.compile(r"\s*(\d+)\s*([A-Za-z].*)")
 COLUMNS = [("sentiment_mean", "float8"), ("sentiment_count", "int8"), ("sentiment_last", "float8")]
 
@@ -73,10 +72,10 @@ def duration(name: str, value) -> dt.timedelta:
     if match is not None and int(match.group(1)) == 0:  # '0 seconds': the grammar's counts start at 1
         parse("1" + match.group(2), name)
         return dt.timedelta(0)
-    frame = parse(value, name)
-    if frame.unit not in _FIXED_SECONDS:
+    width = fixed_width(parse(value, name))
+    if width is None:
         raise DataValidationError(name, value, "a fixed duration (s, m, h, d, w): months and years vary")
-    return dt.timedelta(seconds=frame.count * _FIXED_SECONDS[frame.unit])
+    return width
 
 
 def close_time(value) -> dt.time:

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from peewee import JOIN
 
 from .. import validation as check
+from ..rules import TAG_LENGTH  # an article's symbols are tags of a text[] column
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
 from ..repository import BaseRepository, reads
@@ -108,7 +109,7 @@ class ArticleRepository(BaseRepository[Article]):
         ``since``: only articles published at or after it. Array containment
         (``symbols @> ARRAY[symbol]``), served by the GIN index on ``symbols``.
         """
-        symbol, limit = check.required_text("symbol", symbol, 256), check.limit(limit)
+        symbol, limit = check.required_text("symbol", symbol, TAG_LENGTH), check.limit(limit)
         since, as_of = check.optional_timestamp("since", since), check.optional_timestamp("as_of", as_of)
         query = where(Article.select(*_ARTICLE_FIELDS),
                        contains(Article.symbols, symbol),
@@ -257,7 +258,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
     @reads
     def average_for_symbol(self, symbol: str, start, end, *, as_of=None) -> float | None:
         """Mean score of the articles tagged ``symbol``, scored in ``[start, end)``; ``None`` if none."""
-        symbol = check.required_text("symbol", symbol, 256)
+        symbol = check.required_text("symbol", symbol, TAG_LENGTH)
         start, end = check.span(start, end)
         sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
         with self.session("average_for_symbol") as db:
@@ -267,7 +268,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
     @reads
     def timeseries(self, symbol: str, start, end, bucket="1 hour", *, as_of=None) -> list[SentimentBucket]:
         """Per ``bucket`` of score time in ``[start, end)``: mean score and count, oldest first."""
-        symbol = check.required_text("symbol", symbol, 256)
+        symbol = check.required_text("symbol", symbol, TAG_LENGTH)
         start, end = check.span(start, end)
         width = check.bucket(bucket)
         sql, params = _sentiment_filters(symbol, start, end, check.optional_timestamp("as_of", as_of))
@@ -303,7 +304,7 @@ class SentimentScoreRepository(BaseRepository[SentimentScore]):
         (unbounded). Raises ``DataValidationError`` for a bad parameter.
         """
         many = not isinstance(symbols, str)
-        wanted = check.symbol_list(symbols, 256) if many else [check.required_text("symbol", symbols, 256)]
+        wanted = check.symbol_list(symbols, TAG_LENGTH) if many else [check.required_text("symbol", symbols, TAG_LENGTH)]
         timeframe = None if bucket is None else parse(bucket, "bucket")
         zone(tz)
         start, end = check.span(start, end, tz)
@@ -404,7 +405,7 @@ class EventRepository(BaseRepository[Event]):
     @reads
     def for_symbol(self, symbol: str, since=None, *, limit: int = 100, as_of=None) -> list[Event]:
         """The ``limit`` newest events whose ``symbols`` contain ``symbol`` (since ``since``)."""
-        symbol = check.required_text("symbol", symbol, 256)
+        symbol = check.required_text("symbol", symbol, TAG_LENGTH)
         return self._newest("for_symbol", contains(Event.symbols, symbol), since, limit, as_of)
 
     def _newest(self, operation: str, condition, since, limit: int, as_of) -> list[Event]:
