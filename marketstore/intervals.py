@@ -33,6 +33,7 @@ _SPELLING = re.compile(r"\s*(\d{1,6})?\s*([A-Za-z]+)\s*")
 # A calendar bar is never shorter than its nominal width by more than a DST shift
 # (an hour); a month is at least 28 days, a year 365.
 _NOMINAL = {"d": 86400, "w": 7 * 86400, "mo": 28 * 86400, "y": 365 * 86400}
+_LONGEST = {**_SECONDS, "mo": 31 * 86400, "y": 366 * 86400}
 _DST_SLACK = 3600
 EXPECTED = "a count and a unit: s, m (or min), h, d, w, mo, y -- e.g. 1m, 5m, 1h, 1d, 1w, 1mo"
 
@@ -59,6 +60,11 @@ class Timeframe(NamedTuple):
         if self.calendar:
             return dt.timedelta(seconds=self.count * _NOMINAL[self.unit] - _DST_SLACK)
         return dt.timedelta(seconds=self.count * _SECONDS[self.unit])
+
+    @property
+    def longest(self) -> dt.timedelta:
+        """The most time one bar of this width can span (a calendar one in any zone, DST included)."""
+        return dt.timedelta(seconds=self.count * _LONGEST[self.unit] + (_DST_SLACK if self.calendar else 0))
 
 
 def parse(value, name: str, max_digits: int = 6) -> Timeframe:

@@ -56,7 +56,7 @@ def frame_query(frame: Timeframe | None, tz: str | None, start, end, wanted: lis
     if frame is None:
         where, params = in_range(start, end, 'p."timestamp"')
         inner = (f'SELECT w.position, w.symbol, p."timestamp" AS bar_start, '
-                 f'p."timestamp" + (%s::text[])[w.position]::interval AS bar_end, '
+                 f'p."timestamp" + (%s::interval[])[w.position] AS bar_end, '
                  f'p.open, p.high, p.low, p.close, p.volume, p.adj_close FROM {WANTED} '
                  f'JOIN prices AS p ON p.symbol = w.symbol AND p."interval" = w.iv{where}')
         params = [widths] + wanted + params

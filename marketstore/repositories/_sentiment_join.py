@@ -6,13 +6,16 @@ for it when its article is tagged with the bar's symbol, its model matches
 ``d - window <= k < d``. ``sentiment_last`` is the counted score with the
 greatest ``k`` (ties: the greater score id).
 
-Set-based, in one statement: per symbol, the scores (at ``k``) and the bars (at
-``d`` less one microsecond, the resolution of a timestamp, so that ``k < d`` is
-``k <= d - 1us``) form one timeline, sorted once. A ``RANGE`` window of
-``window - 1us`` preceding each bar gives the count and the sum: both
-aggregates have inverse transitions, so the window slides in linear time, and
-the sum is ``numeric`` -- exact, with no prefix-sum cancellation. The last
-score is the running maximum of ``(k, id, score)`` over the same sort.
+Set-based, in one statement, and no sort of the bars: per symbol, the scores
+in ``(k, id)`` order become three arrays -- the known times, the scores and
+their running sums -- and each bar finds its window by two binary searches
+(``width_bucket``): ``i1`` scores known before ``d``, ``i0`` known before
+``d - window``; the count is ``i1 - i0``, the sum the difference of two running
+sums, the last score the ``i1``-th. The running sums are integers (each score
+times ``2**scale``, ``scale = 59 - log2(n + 1)`` for a symbol's ``n`` scores),
+so the difference is exact whatever the history before the window: a mean is
+off by at most ``(n + 1) * 2**-60`` (under 1e-12 up to a million scores of one
+symbol in one frame), where a running float sum would cancel.
 """
 from __future__ import annotations
 
@@ -104,49 +107,50 @@ def _interval(value: dt.timedelta) -> str:
     return f"{value // dt.timedelta(microseconds=1)} microseconds"
 
 
-def wrapper(join: SentimentWindow, symbols: list[str]):
+def wrapper(join: SentimentWindow, symbols: list[str], start, end, longest: dt.timedelta):
     """The ``wrap`` of :func:`~._frames_out.frame_query` adding :data:`COLUMNS` to the bars of ``symbols``.
 
     ``symbols`` are the symbols read, in the order that gave the bars their
-    ``position``.
+    ``position``; ``start`` and ``end`` the range read (``None``: open) and
+    ``longest`` the most time one of its bars spans: together they bound the
+    articles read, with a margin for a session's close and DST.
     """
     window, latency = duration("window", join.window), duration("latency", join.latency)
+    margin = dt.timedelta(days=2)
+    bounds = ([] if start is None else [("a.published_at >= %s", start - window - latency - margin)]) + \
+             ([] if end is None else [("a.published_at < %s", end + longest + margin)])
+    where = "".join(f" AND {clause}" for clause, _ in bounds)
     model = "" if join.model is None else " AND s.model = %s"
 
     def wrap(inner: str, params: list, names: list[str]) -> tuple[str, list, list[tuple[str, str]]]:
-        bar = ", ".join(names)
-        blank = ", ".join(["sc.position"] + ["NULL"] * (len(names) - 1))
-        closing = "bar_end"
+        closing = "i.bar_end"
         if join.close is not None:  # a day or longer: its last local day, at the session's close
-            closing = ("CASE WHEN bar_end - bar_start >= interval '23 hours' THEN "
-                       "((((bar_end - interval '1 microsecond') AT TIME ZONE %s)::date + %s::time) AT TIME ZONE %s) "
-                       "ELSE bar_end END")
+            closing = ("CASE WHEN i.bar_end - i.bar_start >= interval '23 hours' THEN "
+                       "((((i.bar_end - interval '1 microsecond') AT TIME ZONE %s)::date + %s::time) AT TIME ZONE %s) "
+                       "ELSE i.bar_end END")
         sql = (
-            f"WITH q AS (SELECT i.*, {closing} AS bar_close FROM ({inner}) AS i), "
-            "sc AS (SELECT ws.position, a.published_at + %s::interval AS t, s.id, s.score "
+            "WITH sc AS (SELECT ws.position, a.published_at + %s::interval AS k, s.id, s.score, "
+            "  59 - floor(ln((count(*) OVER (PARTITION BY ws.position) + 1)::float8) / ln(2::float8)) AS scale "
             "  FROM unnest(%s::text[]) WITH ORDINALITY AS ws(symbol, position) "
             "  JOIN articles AS a ON a.symbols @> ARRAY[ws.symbol] "
-            "  JOIN sentiment_scores AS s ON s.article_id = a.id "
-            "  WHERE a.published_at >= (SELECT min(bar_close) FROM q) - %s::interval "
-            f"  AND a.published_at < (SELECT max(bar_close) FROM q) - %s::interval{model}), "
-            f"ev AS (SELECT {bar}, bar_close - interval '1 microsecond' AS t, 1 AS kind, NULL::int8 AS id, "
-            "  NULL::float8 AS score, NULL::float8[] AS packed FROM q "
-            # a score as (known time, id, score): the greatest so far is the last score, ties to the greater id
-            f"  UNION ALL SELECT {blank}, sc.t, 0, sc.id, sc.score, "
-            "  ARRAY[extract(epoch FROM sc.t) * 1000000, sc.id, sc.score]::float8[] FROM sc) "
-            f"SELECT {bar}, coalesce((total / n)::float8, 'NaN') AS sentiment_mean, n AS sentiment_count, "
-            "  coalesce(CASE WHEN n > 0 THEN latest[3] END, 'NaN') AS sentiment_last FROM ("
-            # numeric sums are exact; via text, a float8 is its shortest exact decimal (not 15 digits)
-            "  SELECT *, count(score) OVER f AS n, sum(score::text::numeric) OVER f AS total, "
-            "  max(packed) OVER (PARTITION BY position ORDER BY t, kind, id ROWS UNBOUNDED PRECEDING) AS latest "
-            "  FROM ev WINDOW f AS (PARTITION BY position ORDER BY t RANGE BETWEEN %s::interval PRECEDING "
-            "  AND CURRENT ROW)) AS w WHERE kind = 1"
+            f"  JOIN sentiment_scores AS s ON s.article_id = a.id WHERE a.published_at IS NOT NULL{where}{model}), "
+            "known AS (SELECT position, array_agg(k ORDER BY k, id) AS ks, array_agg(score ORDER BY k, id) AS scores, "
+            "  '{0}'::int8[] || array_agg(total::int8 ORDER BY k, id) AS totals, min(scale) AS scale FROM ("
+            "  SELECT *, sum((score * 2::float8 ^ scale)::int8) OVER (PARTITION BY position ORDER BY k, id "
+            "  ROWS UNBOUNDED PRECEDING) AS total FROM sc) AS running GROUP BY position) "
+            f"SELECT {', '.join('i.' + name for name in names)}, "
+            "  coalesce(((totals[i1 + 1] - totals[i0 + 1])::float8 / 2::float8 ^ scale) / nullif(i1 - i0, 0), 'NaN') "
+            "  AS sentiment_mean, coalesce(i1 - i0, 0)::int8 AS sentiment_count, "
+            "  coalesce(CASE WHEN i1 > i0 THEN scores[i1] END, 'NaN') AS sentiment_last "
+            f"FROM ({inner}) AS i LEFT JOIN known ON known.position = i.position "
+            # OFFSET 0 keeps the searches one per bar: inlined, each use of i1 or i0 would search again
+            "CROSS JOIN LATERAL (SELECT width_bucket(d - interval '1 microsecond', known.ks) AS i1, "
+            f"  width_bucket(d - %s::interval, known.ks) AS i0 FROM (SELECT {closing} AS d) AS c OFFSET 0) AS b"
         )
         name = zone_name(join.tz)
         closing_params = [] if join.close is None else [name, close_time(join.close).isoformat(), name]
-        out = closing_params + list(params) + [_interval(latency), symbols, _interval(window + latency),
-                                               _interval(latency)]
-        out += ([] if join.model is None else [join.model]) + [_interval(window - dt.timedelta(microseconds=1))]
-        return sql, out, COLUMNS
+        out = [_interval(latency), symbols] + [value for _, value in bounds]
+        out += ([] if join.model is None else [join.model]) + list(params)
+        return sql, out + [_interval(window + dt.timedelta(microseconds=1))] + closing_params, COLUMNS
 
     return wrap

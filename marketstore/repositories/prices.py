@@ -332,8 +332,10 @@ class PriceRepository(BaseRepository[Price]):
             found = self._intervals(db, wanted, interval)
             present = [s for s in wanted if s in found]
             pairs = [present, [found[s] for s in present]]
-            widths = [step_sql(parse(found[s], "interval"), literal=False) for s in present]
-            wrap = None if join is None else wrapper(join, present)
+            frames = [parse(found[s], "interval") for s in present]
+            widths = [step_sql(width, literal=False) for width in frames]
+            longest = max((f.longest for f in ([frame] if frame is not None else frames)), default=dt.timedelta(0))
+            wrap = None if join is None else wrapper(join, present, start, end, longest)
             sql, params, columns = frame_query(frame, tz, start, end, pairs, fill, widths, wrap)
             values = fetch_columns(db, sql, params, columns)
         return build_frame(values, present if many else None, kind, tz)
