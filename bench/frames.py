@@ -11,6 +11,7 @@ Parquet ingest against ``copy_from(frame)`` of the same data, ``to_sql(method=
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import subprocess
@@ -19,7 +20,7 @@ from typing import Iterator
 
 import marketstore
 
-from . import data
+from . import data, references
 from .cases import case
 from .checks import expect
 from .context import Context, minutes_after_start
@@ -152,6 +153,7 @@ def frames(ctx: Context) -> Iterator[Comparison]:
     comparison = _frame_out(ctx, pd, adbc, cx)
     comparison.findings.append(finding)  # reported with the last comparison of the case
     yield comparison
+    yield _sentiment(ctx)
 
 
 def _upsert_unchanged(ctx: Context, frame, expected) -> Comparison:
@@ -231,6 +233,64 @@ def _frame_out(ctx: Context, pd, adbc, cx) -> Comparison:
         c.check = right
     return Comparison("frames", f"frame of {count:,} bars of one symbol", count, "rows", "pandas.read_sql",
                       contenders, targets)
+
+
+SENTIMENT_SYMBOLS = 10
+# Articles spread over the bars' span, one symbol and one score each; the windows' counts by brute force
+_ARTICLES_SQL = """
+INSERT INTO articles (title, content, source, url, published_at, symbols)
+SELECT 'a' || g, 'c', 'bench', 'https://example.com/' || g, %(t0)s + random() * %(span)s * interval '1 hour',
+       ARRAY['SENT' || (g %% %(symbols)s)] FROM generate_series(1, %(articles)s) AS g;
+INSERT INTO sentiment_scores (article_id, score, confidence, model)
+SELECT id, random() * 2 - 1, random(), 'bench' FROM articles"""
+_COUNTED_SQL = """
+SELECT count(*) FROM prices AS p JOIN articles AS a ON a.symbols @> ARRAY[p.symbol::text]
+ AND a.published_at >= p."timestamp" + interval '1 hour' - interval '1 day'
+ AND a.published_at < p."timestamp" + interval '1 hour' JOIN sentiment_scores AS s ON s.article_id = a.id"""
+
+
+def _sentiment(ctx: Context) -> Comparison:
+    """``frame(symbols, sentiment=True)`` against ``frame(symbols)`` alone, on the same hourly bars.
+
+    10 symbols of hourly bars (the read size in all) and a tenth as many
+    scored articles over the same span; the join must count, per bar, the
+    scores known in the day before its close (checked against a brute-force
+    SQL count).
+    """
+    ctx.reset()
+    count = min(READ_ROWS, ctx.n)
+    per_symbol = count // SENTIMENT_SYMBOLS
+    t0 = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [{"symbol": f"SENT{i}", "timestamp": t0 + dt.timedelta(hours=h), "open": 10, "high": 11, "low": 9,
+             "close": 10, "volume": 100, "interval": "1h"} for i in range(SENTIMENT_SYMBOLS) for h in range(per_symbol)]
+    references.copy_rows(ctx.raw, rows)
+    with ctx.admin.cursor() as cur:
+        cur.execute("TRUNCATE articles RESTART IDENTITY CASCADE")
+        cur.execute(_ARTICLES_SQL, {"t0": t0, "span": per_symbol, "symbols": SENTIMENT_SYMBOLS,
+                                    "articles": max(1, count // 10)})
+        cur.execute("VACUUM ANALYZE prices, articles, sentiment_scores")
+        cur.execute(_COUNTED_SQL)
+        counted = cur.fetchone()[0]
+    ctx.table = "sentiment"  # prices no longer hold the read dataset
+    symbols = [f"SENT{i}" for i in range(SENTIMENT_SYMBOLS)]
+    end = t0 + dt.timedelta(hours=per_symbol)
+    repo = marketstore.PriceRepository()
+
+    def bars(frame):
+        expect(len(frame), per_symbol * SENTIMENT_SYMBOLS, "bars read")
+
+    def joined(frame):
+        bars(frame)
+        expect(int(frame["sentiment_count"].sum()), counted, "scores counted over all bars")
+
+    contenders = [
+        Contender("frame(symbols)", lambda: repo.frame(symbols, t0, end), "reference", check=bars),
+        Contender("frame(symbols, sentiment=True)", lambda: repo.frame(symbols, t0, end, sentiment=True),
+                  check=joined),
+    ]
+    return Comparison("frames", f"frame of {per_symbol * SENTIMENT_SYMBOLS:,} hourly bars with sentiment",
+                      per_symbol * SENTIMENT_SYMBOLS, "rows", "frame(symbols)", contenders,
+                      [Target("frame(symbols, sentiment=True)", "frame(symbols)", "time<=", 2.0, "sentiment join")])
 
 
 def _memory(ctx: Context) -> Finding:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..errors import DataValidationError
 from ..intervals import contradiction, inferred
@@ -32,6 +32,20 @@ _NUMBERS = ("open", "high", "low", "close", "volume", "adj_close")
 # Numeric text as PostgreSQL's numeric input reads it, white space around allowed.
 _NUMERIC_TEXT = rf"^\s*{NUMBER_TEXT}\s*$"
 _NO_GAP = 2**63 - 1
+
+
+class Facts(NamedTuple):
+    """What a checked chunk holds, for comparing it with stored bars (:mod:`._unchanged`).
+
+    ``floats``: each number column as float64 (NaN: none); ``exact``: whether
+    that float is the value written (an integer or float column), not a
+    reading of text or of a decimal.
+    """
+
+    table: object  # the pyarrow table written (PRICE_INPUT_COLUMNS)
+    micros: object  # the timestamps, microseconds since 1970 UTC
+    floats: dict
+    exact: dict
 
 
 def frame_source(value, interval: str | None, symbol: str | None,
@@ -62,6 +76,8 @@ class FrameStream:
                                                    need("numpy"))
         self._options = self._csv.WriteOptions(include_header=False, quoting_style="none")
         self._recent: list[tuple[int, dict]] = []  # the last chunks sent: a server refusal names one of them
+        self._keep: dict | None = None  # {chunk offset: rows to write}: only those (see filtered())
+        self._sent: list[tuple[int, int, object]] = []  # (first COPY line - 1, offset, row indices) when filtered
         self.rows = 0
         self.error: BaseException | None = None
 
@@ -71,7 +87,13 @@ class FrameStream:
             if not self._planned:
                 self._plan()
             for offset, arrays in self._chunks:
-                table = self._checked(offset, arrays)
+                keep = None if self._keep is None else self._keep.get(offset)
+                if self._keep is not None and keep is None:
+                    continue  # nothing of this chunk to write
+                table = self._checked(offset, arrays).table
+                if keep is not None:
+                    self._sent.append((self.rows, offset, self._np.flatnonzero(keep)))
+                    table = table.filter(self._pa.array(keep))
                 if table.num_rows == 0:
                     continue
                 self._recent = (self._recent + [(offset, arrays)])[-3:]
@@ -87,6 +109,29 @@ class FrameStream:
     def rewound(self) -> FrameStream:
         """A stream reading the same frame (or file, without progress reports) again from its first row."""
         return FrameStream(self._factory, self._interval, self.source, again=True, by_symbol=self._by_symbol)
+
+    def checked(self):
+        """``(offset, Facts)`` of each chunk, checked, from a fresh pass over the frame."""
+        if not self._planned:
+            self._plan()
+        for offset, arrays in self._factory(again=True):
+            facts = self._checked(offset, arrays)
+            if facts.table.num_rows:
+                yield offset, facts
+
+    def filtered(self, keep: dict) -> FrameStream:
+        """The frame read again writing only the rows ``keep`` (``{chunk offset: boolean mask}``) marks.
+
+        A chunk absent from ``keep`` is skipped whole; errors still name the
+        frame's own rows.
+        """
+        again = self.rewound()
+        again._keep = keep
+        return again
+
+    def wanted(self) -> bool:
+        """Whether any row is left to write (always, unless :meth:`filtered` left every one out)."""
+        return self._keep is None or bool(self._keep)
 
     def copy_into(self, db, table: str) -> int:
         """COPY every chunk into ``table`` on the session's connection; returns the number of rows."""
@@ -107,7 +152,7 @@ class FrameStream:
                 raise DataValidationError(name, None, f"a column {name} (or, for the timestamp, a datetime "
                                           "index; for the symbol, symbol=)", **where)
         if not rows:
-            return pa.table({})
+            return Facts(pa.table({}), None, {}, {})
         out, bad = {}, np.zeros(rows, dtype=bool)  # bad: rows a check refused (the first is reported)
         for name in PRICE_INPUT_COLUMNS:
             column = arrays.get(name)
@@ -135,8 +180,11 @@ class FrameStream:
         values = {}
         out["timestamp"], values["timestamp"] = self._timestamps(offset, out["timestamp"], bad)
         doubt = np.zeros(rows, dtype=bool)
+        raw, exact = {}, {}
         for name in _NUMBERS:
             out[name], floats = self._number(offset, out[name], name, bad)
+            raw[name], kind = floats, out[name].type
+            exact[name] = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
             # Rounded to the decimals the column keeps, as the server stores it; NaN fails every rule.
             field = Price._meta.fields[name]
             values[name] = np.round(floats, field.decimal_places)
@@ -150,7 +198,8 @@ class FrameStream:
         # 8th decimal) that the row rules accept goes on, and the table's CHECKs decide.
         for index in np.flatnonzero(bad | doubt):
             self._refuse(offset, arrays, int(index), lenient=not bad[index])
-        return pa.table([out[name] for name in PRICE_INPUT_COLUMNS], names=list(PRICE_INPUT_COLUMNS))
+        table = pa.table([out[name] for name in PRICE_INPUT_COLUMNS], names=list(PRICE_INPUT_COLUMNS))
+        return Facts(table, values["timestamp"], raw, exact)
 
     # -- intervals ------------------------------------------------------------------
     def _plan(self) -> None:
@@ -320,7 +369,16 @@ class FrameStream:
 
     # -- the server's refusals (see ._copy.refusal) ----------------------------------
     def where(self, line: int) -> dict:
-        return self._where(line)
+        return self._where(self._row_of(line))
+
+    def _row_of(self, line: int) -> int:
+        """The frame row (1-based) written as COPY line ``line``: the same unless rows were left out."""
+        if self._keep is None:
+            return line
+        for before, offset, indices in self._sent:
+            if before < line <= before + len(indices):
+                return offset + int(indices[line - before - 1]) + 1
+        return line
 
     def first_key(self) -> tuple | None:
         """The first row's key, read from a fresh pass (the interval as it will be written)."""
@@ -343,11 +401,12 @@ class FrameStream:
         return ({"source": self.source} if self.source else {}) if number is None else self._where(number)
 
     def verdict(self, line: int) -> tuple[DataValidationError | None, object]:
-        """Validation's error for frame row ``line`` (COPY line = frame row).
+        """Validation's error for the frame row written as COPY line ``line``.
 
         The server reports a refusal only once the whole COPY was sent, so
         the chunk may be gone: then it is read again from the frame (or file).
         """
+        line = self._row_of(line)
         def holds(offset: int, arrays: dict) -> bool:
             return offset < line <= offset + len(next(iter(arrays.values())))
 

@@ -19,6 +19,7 @@ from ..errors import DataValidationError, DuplicateKeyError, driver_error
 from ..intervals import contradiction, inferred
 from ..models import Price
 from ._copy import COPY_COLUMNS, CopySource, duplicate
+from ._unchanged import without_unchanged
 
 # The staging table: the rules of prices (LIKE ... INCLUDING CONSTRAINTS, so a refused row
 # names its line as copy_from's would) but no index and no WAL; an interval may be missing
@@ -129,10 +130,17 @@ def upsert(db, source: CopySource, interval: str | None) -> UpsertCount:
         else:
             db.execute_sql("RELEASE SAVEPOINT marketstore_upsert_new")
             return UpsertCount(count, 0, 0)
+    skipped = 0
+    if stored and hasattr(source, "checked"):  # a frame: leave out what is stored as given (._unchanged)
+        found = without_unchanged(db, source)
+        if found is not None:
+            source, skipped = found
+            if not source.wanted():
+                return UpsertCount(0, 0, skipped)
     work_mem = _stage(db, source, interval)
     inserted, updated, keys = db.execute_sql(_MERGE).fetchone()
     db.execute_sql(f"DROP TABLE {STAGE}; SELECT set_config('work_mem', %s, true)", (work_mem,))
-    return UpsertCount(inserted, updated, keys - inserted - updated)
+    return UpsertCount(inserted, updated, keys - inserted - updated + skipped)
 
 
 def _stage(db, source: CopySource, interval: str | None) -> str:

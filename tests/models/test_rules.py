@@ -109,6 +109,19 @@ def test_a_server_refusal_at_a_chunk_s_last_row_names_that_row(toy_rule, raw, mo
     assert stored(raw) == 0
 
 
+def test_a_server_refusal_after_unchanged_rows_were_left_out_names_its_own_row(toy_rule, raw, monkeypatch):
+    # A re-upsert sends only new or changed bars: the COPY's line 1 here is the frame's row 70.
+    monkeypatch.setattr(_frame_chunks, "CHUNK_ROWS", 64)
+    rows = [bar(i) for i in range(100)]
+    PriceRepository().upsert_many(pl.DataFrame(rows))
+    toy_rule("toy_symbols", Choice("symbol", ("TOY",)))
+    rows[69] = bar(69, symbol="OTHER")
+    with pytest.raises(DataValidationError) as caught:
+        PriceRepository().upsert_many(pl.DataFrame(rows))
+    assert (caught.value.field, caught.value.row, caught.value.value) == ("symbol", 70, "OTHER")
+    assert stored(raw) == 100
+
+
 @pytest.mark.parametrize("make", [pl.DataFrame, lambda rows: pl.DataFrame(rows).to_arrow()], ids=["polars", "arrow"])
 def test_a_frame_longer_than_one_chunk_loads_each_row_once(db, raw, monkeypatch, make):
     monkeypatch.setattr(_frame_chunks, "CHUNK_ROWS", 64)
