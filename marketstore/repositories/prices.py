@@ -130,7 +130,7 @@ class PriceRepository(BaseRepository[Price]):
                 several = [row[SYMBOL_AT] for row in rows if row[-1] != row[INTERVAL_AT]]
                 if several:
                     self._intervals(db, several[:1], None)  # raises, naming the stored intervals
-                rows = [row[:-1] for row in rows]
+        # price_models reads the row's leading columns: the smallest interval after them is left alone
         return dict(zip((row[SYMBOL_AT] for row in rows), price_models(rows)))
 
     @reads
