@@ -58,6 +58,7 @@ _lock = threading.Lock()
 _providers: tuple = (None, None)  # (tracer provider, meter provider) given to use(); None: the global one
 _otel: "_Otel | None" = None  # the tracer and instruments of those providers, made on first need
 _pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # instrumented pool -> its pool name
+_context = None  # opentelemetry.context, once telemetry has been on
 perf_counter = time.perf_counter
 
 
@@ -66,16 +67,37 @@ def enabled(mode: str | None) -> bool:
 
     Raises ``MissingExtraError`` for ``"on"`` without ``opentelemetry-api``.
     """
+    global _context
     if mode == "off":
         return False
     try:
         require("opentelemetry.trace", "telemetry")
         require("opentelemetry.metrics", "telemetry")
+        _context = require("opentelemetry.context", "telemetry")
     except ImportError:  # MissingExtraError is one
         if mode == "on":
             raise
         return False
     return True
+
+
+def captured():
+    """The caller's OpenTelemetry context, for work a worker thread does for it (:func:`within`);
+    ``None`` while telemetry has never been on (nothing of OpenTelemetry is imported then)."""
+    context = _context
+    return None if context is None else context.get_current()
+
+
+def within(context, fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``context`` (from :func:`captured`) current, so that the
+    spans it starts are children of the caller's; ``None``: as it is."""
+    if context is None:
+        return fn(*args, **kwargs)
+    token = _context.attach(context)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _context.detach(token)
 
 
 def use(tracer_provider=None, meter_provider=None) -> None:

@@ -3,6 +3,7 @@ CLIENT span per statement; failures with the SQLSTATE and the error class; never
 from __future__ import annotations
 
 import asyncio
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -80,12 +81,28 @@ def test_a_span_open_in_the_caller_is_the_parent_of_the_call(traced, otel):
     assert call.context.trace_id == request.get_span_context().trace_id
 
 
+def test_a_worker_thread_runs_a_call_in_the_context_captured_from_its_caller(traced, otel):
+    from marketstore import telemetry
+
+    with otel.tracer.start_as_current_span("handle request") as request:
+        context = telemetry.captured()
+    worker = threading.Thread(target=telemetry.within, args=(context, PriceRepository().count))
+    worker.start()
+    worker.join()
+    assert otel.span("count prices").parent.span_id == request.get_span_context().span_id
+
+
 @pytest.mark.xfail(strict=True, reason="the worker thread of marketstore.aio runs jobs outside the caller's "
                                       "OpenTelemetry context: the aio.py change is with the lead")
-def test_a_span_open_in_an_async_caller_is_the_parent_of_the_call(traced, otel):
+@pytest.mark.parametrize("in_session", [False, True], ids=["own session", "async session"])
+def test_a_span_open_in_an_async_caller_is_the_parent_of_the_call(traced, otel, in_session):
     async def handle():
         with otel.tracer.start_as_current_span("handle request") as request:
-            await PriceRepository().acount()
+            if in_session:
+                async with marketstore.get_async_db_session():
+                    await PriceRepository().acount()
+            else:
+                await PriceRepository().acount()
         return request
 
     request = asyncio.run(handle())
