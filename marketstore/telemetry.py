@@ -4,36 +4,18 @@ Switched once per :meth:`~marketstore.connection.DatabaseConnection.initialize`
 by ``Settings.telemetry`` (``MARKETSTORE_TELEMETRY``): unset, on when
 ``opentelemetry-api`` can be imported; ``on``, required (``MissingExtraError``
 without it); ``off``, never. Off, nothing of OpenTelemetry is imported and
-nothing is instrumented: the database, its pool and the connection keep their
-own methods. On, :func:`instrument` gives each of them instance attributes
-that wrap those methods (the database's ``execute_sql``; the pool's
-``checkout``, ``checkin`` and ``connect``; the connection's ``session`` and
+nothing is instrumented. On, :func:`instrument` and :func:`trace_calls` give
+the database, its pool and the connection instance attributes that wrap their
+methods (``execute_sql``; ``checkout``, ``checkin``, ``connect``; ``session``,
 ``read``), chosen once: no call asks whether telemetry is on.
 
-What is recorded (SPEC, "Telemetry"):
-
-* a CLIENT span per repository call, named ``{db.operation.name} {db.collection.name}``
-  (``get_range prices``: the method, its model's table), the parent of a
-  CLIENT span per statement named by its ``db.query.summary`` (``SELECT
-  prices``; a COPY load also has ``db.operation.batch.size``, the rows
-  copied, when two or more). Both carry ``db.system.name`` ("postgresql"),
-  ``db.namespace`` (the database name: the schema would cost a round trip),
-  ``server.address`` and ``server.port`` of the server that ran them (a
-  replica's for a read it served); on failure status ERROR, ``error.type``
-  (the marketstore error class, e.g. ``DuplicateKeyError``; else the
-  exception's qualified name) and ``db.response.status_code`` (the SQLSTATE).
-  Never a parameter value, an exception message or ``db.query.text``: Peewee
-  sends values as parameters, but text written by hand (and COPY) may hold
-  literals, so no text is safe to record by default;
-* ``db.client.operation.duration`` (s) of each of those spans, same attributes;
-* per pool, by ``db.client.connection.pool.name`` (``host:port/database``, no
-  user or password; the primary and each replica have their own):
-  ``db.client.connection.count`` by ``db.client.connection.state`` (idle/used),
-  ``.idle.max``, ``.max``, ``.pending_requests`` (observed at collection),
-  ``.timeouts`` (checkouts that ran out of ``pool_timeout``) and the
-  histograms ``.wait_time``, ``.create_time``, ``.use_time`` (s).
-
-Spans and instruments come from the global providers, or from those given to :func:`use`.
+Recorded (README, "Telemetry"): a CLIENT span per repository call, parent of
+a CLIENT span per statement (named by its ``db.query.summary``); failures
+with ``error.type`` and the SQLSTATE; ``db.client.operation.duration`` of
+each; the pool metrics by ``db.client.connection.pool.name``. Never a
+parameter value, an exception message or ``db.query.text`` (SQL written by
+hand, and COPY, may hold literals). Spans and instruments come from the
+global providers, or from those given to :func:`use`.
 """
 from __future__ import annotations
 
@@ -108,18 +90,13 @@ def use(tracer_provider=None, meter_provider=None) -> None:
 
 
 def _current() -> "_Otel":
+    """The tracer and instruments of the providers in use, made on first need."""
+    global _otel
     otel = _otel
     if otel is None:
-        otel = _make()
+        with _lock:
+            otel = _otel = _otel or _Otel(*_providers)
     return otel
-
-
-def _make() -> "_Otel":
-    global _otel
-    with _lock:
-        if _otel is None:
-            _otel = _Otel(*_providers)
-        return _otel
 
 
 class _Otel:
@@ -133,16 +110,15 @@ class _Otel:
         self.start_span = trace.get_tracer(SCOPE, tracer_provider=tracer_provider).start_span
         meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
 
-        def histogram(name, description):
-            return meter.create_histogram(name, unit="s", description=description,
-                                          explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-
-        self.duration = histogram("db.client.operation.duration", "Duration of database client operations.")
-        self.wait_time = histogram("db.client.connection.wait_time",
-                                   "The time it took to obtain an open connection from the pool.")
-        self.create_time = histogram("db.client.connection.create_time", "The time it took to create a new connection.")
-        self.use_time = histogram("db.client.connection.use_time",
-                                  "The time between borrowing a connection and returning it to the pool.")
+        for attribute, name, description in (
+                ("duration", "db.client.operation.duration", "Duration of database client operations."),
+                ("wait_time", "db.client.connection.wait_time",
+                 "The time it took to obtain an open connection from the pool."),
+                ("create_time", "db.client.connection.create_time", "The time it took to create a new connection."),
+                ("use_time", "db.client.connection.use_time",
+                 "The time between borrowing a connection and returning it to the pool.")):
+            setattr(self, attribute, meter.create_histogram(name, unit="s", description=description,
+                                                            explicit_bucket_boundaries_advisory=DURATION_BUCKETS))
         self.timeouts = meter.create_counter(
             "db.client.connection.timeouts", unit="{timeout}",
             description="The number of connection timeouts that have occurred trying to obtain a connection from the pool.")
@@ -248,6 +224,18 @@ def _failure(exc: BaseException) -> dict:
     return failure
 
 
+def _finish(otel: "_Otel", span, attributes: dict, started: float, exc: BaseException | None) -> None:
+    """End ``span`` (failed with ``exc`` if given) and record its duration with ``attributes``."""
+    elapsed = perf_counter() - started
+    if exc is not None:
+        failure = _failure(exc)
+        span.set_attributes(failure)
+        span.set_status(otel.error)  # no description: an error's message may hold values
+        attributes = {**attributes, **failure}
+    span.end()
+    otel.duration.record(elapsed, attributes)
+
+
 class Statement:
     """The CLIENT span and duration of one statement: :meth:`end` it once."""
 
@@ -261,17 +249,9 @@ class Statement:
 
     def end(self, exc: BaseException | None = None, rows: int | None = None) -> None:
         """End the span: failed with ``exc`` if given; ``rows``: a batch's size (COPY)."""
-        elapsed = perf_counter() - self.started
-        span, attributes = self.span, self.attributes
         if rows is not None and rows >= 2:  # the conventions: a batch is two operations or more
-            span.set_attribute("db.operation.batch.size", rows)
-        if exc is not None:
-            failure = _failure(exc)
-            span.set_attributes(failure)
-            span.set_status(self.otel.error)
-            attributes = {**attributes, **failure}
-        span.end()
-        self.otel.duration.record(elapsed, attributes)
+            self.span.set_attribute("db.operation.batch.size", rows)
+        _finish(self.otel, self.span, self.attributes, self.started, exc)
 
 
 def statement(db, sql: str) -> Statement | None:
@@ -297,14 +277,13 @@ def _execute_sql(db, sql, params=None, *args, **kwargs):
 class _Call:
     """This thread's open repository-call span (``sessions.call``), current for the statements inside."""
 
-    __slots__ = ("otel", "span", "token", "operation", "table", "telemetry", "started")
+    __slots__ = ("otel", "span", "token", "operation", "table", "attributes", "telemetry", "started")
 
     def __init__(self, operation: str, table: str):
         otel = self.otel = _current()
         self.operation, self.table, self.telemetry = operation, table, None
-        self.span = otel.start_span(f"{operation} {table}", kind=otel.client,
-                                    attributes={"db.system.name": SYSTEM, "db.operation.name": operation,
-                                                "db.collection.name": table})
+        self.attributes = {"db.system.name": SYSTEM, "db.operation.name": operation, "db.collection.name": table}
+        self.span = otel.start_span(f"{operation} {table}", kind=otel.client, attributes=self.attributes)
         self.token = otel.attach(otel.in_context(self.span))
         sessions.call = self
         self.started = perf_counter()
@@ -317,21 +296,11 @@ class _Call:
             self.span.set_attributes(telemetry.attributes)
 
     def end(self, exc: BaseException | None) -> None:
-        elapsed = perf_counter() - self.started
         sessions.call = None
-        otel, span = self.otel, self.span
-        otel.detach(self.token)
+        self.otel.detach(self.token)
         telemetry = self.telemetry
-        attributes = (telemetry.call(self.operation, self.table) if telemetry is not None else
-                      {"db.system.name": SYSTEM, "db.operation.name": self.operation,
-                       "db.collection.name": self.table})
-        if exc is not None:
-            failure = _failure(exc)
-            span.set_attributes(failure)
-            span.set_status(otel.error)
-            attributes = {**attributes, **failure}
-        span.end()
-        otel.duration.record(elapsed, attributes)
+        attributes = self.attributes if telemetry is None else telemetry.call(self.operation, self.table)
+        _finish(self.otel, self.span, attributes, self.started, exc)
 
 
 _TABLES: dict = {}  # model name -> table name
