@@ -1,11 +1,11 @@
 """The telemetry case: the sessions case's short transactions with the OpenTelemetry SDK configured.
 
-Three connections on the bench database, the same settings but
-``MARKETSTORE_TELEMETRY``: ``off`` (the reference), ``on`` recording to a
+Two connections on the bench database, the same settings but
+``MARKETSTORE_TELEMETRY``: ``off`` (the reference), and ``on`` recording to a
 real SDK (a ``TracerProvider`` whose ``BatchSpanProcessor`` hands batches to
 an exporter that drops them, a ``MeterProvider`` whose reader collects every
-minute), and ``on`` with no SDK (what the extra alone costs: the API's
-no-op providers). The providers are switched before each sample (untimed),
+minute), to the same SDK sampling 1% of traces, or to no SDK (what the extra
+alone costs: the API's no-op providers). The providers are switched before each sample (untimed),
 the samples interleaved as in every case.
 """
 from __future__ import annotations
@@ -22,10 +22,11 @@ from .harness import Comparison, Contender, Target
 
 OFF = "telemetry off"
 SDK = "telemetry on, SDK configured"
+SAMPLED = "telemetry on, SDK, 1% of traces sampled"
 API = "telemetry on, API only (no SDK)"
 
 
-def sdk_providers():
+def sdk_providers(sampler=None):
     """A tracer and a meter provider as a service configures them, exporting nowhere."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
@@ -46,7 +47,7 @@ def sdk_providers():
         def shutdown(self, timeout_millis=30_000, **kwargs):
             return None
 
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(BatchSpanProcessor(DropSpans()))
     meter_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(DropMetrics(), 60_000)])
     return tracer_provider, meter_provider
@@ -63,9 +64,13 @@ def telemetry_case(ctx: Context) -> Iterator[Comparison]:
         close = dict(cur.fetchall())
     expected = [[close[i] for i in t] for t in ids]
     tracer_provider, meter_provider = sdk_providers()
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    sampled = sdk_providers(ParentBased(TraceIdRatioBased(0.01)))
     off = marketstore.DatabaseConnection().initialize(ctx.url, telemetry="off")
     on = marketstore.DatabaseConnection().initialize(ctx.url, telemetry="on")
-    ctx.closers += [off.close, on.close, tracer_provider.shutdown, meter_provider.shutdown, telemetry.use]
+    ctx.closers += [off.close, on.close, telemetry.use]
+    ctx.closers += [provider.shutdown for provider in (tracer_provider, meter_provider, *sampled)]
 
     def transactions(connection):
         def transaction(sql, params):
@@ -77,6 +82,8 @@ def telemetry_case(ctx: Context) -> Iterator[Comparison]:
         Contender(OFF, transactions(off), "reference", note="MARKETSTORE_TELEMETRY=off"),
         Contender(SDK, transactions(on), setup=lambda: telemetry.use(tracer_provider, meter_provider),
                   note="BatchSpanProcessor to an exporter that drops; metrics read every 60 s"),
+        Contender(SAMPLED, transactions(on), setup=lambda: telemetry.use(*sampled),
+                  note="ParentBased(TraceIdRatioBased(0.01)): the metrics all recorded, few spans"),
         Contender(API, transactions(on), setup=telemetry.use, note="the API's no-op providers"),
     ]
     for c in contenders:

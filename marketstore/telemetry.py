@@ -39,6 +39,7 @@ SCOPE = "marketstore"
 _lock = threading.Lock()
 _providers: tuple = (None, None)  # (tracer provider, meter provider) given to use(); None: the global one
 _otel: "_Otel | None" = None  # the tracer and instruments of those providers, made on first need
+_made: dict = {}  # (tracer provider, meter provider) -> their _Otel: an instrument is made once per provider
 _pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # instrumented pool -> its pool name
 _context = None  # opentelemetry.context, once telemetry has been on
 perf_counter = time.perf_counter
@@ -87,15 +88,22 @@ def use(tracer_provider=None, meter_provider=None) -> None:
     global _providers, _otel
     with _lock:
         _providers, _otel = (tracer_provider, meter_provider), None
+    if len(_pools):  # the pools' observable instruments, on the new meter provider from now on
+        _current()
 
 
 def _current() -> "_Otel":
-    """The tracer and instruments of the providers in use, made on first need."""
+    """The tracer and instruments of the providers in use, made once per pair of providers."""
     global _otel
     otel = _otel
     if otel is None:
         with _lock:
-            otel = _otel = _otel or _Otel(*_providers)
+            otel = _made.get(_providers)
+            if otel is None:
+                if len(_made) >= 8:  # providers a test or a bench switched between, long shut down
+                    _made.clear()
+                otel = _made[_providers] = _Otel(*_providers)
+            _otel = otel
     return otel
 
 
@@ -375,6 +383,7 @@ def instrument(db, settings) -> None:
     telemetry = db.telemetry = DatabaseTelemetry(settings.connect_params, settings.database)
     db.execute_sql = types.MethodType(_execute_sql, db)
     _instrument_pool(db.pool, telemetry.pool_name)
+    _current()  # the instruments, so that the pool is observed before its first checkout
 
 
 def trace_calls(connection: DatabaseConnection, on: bool) -> None:
