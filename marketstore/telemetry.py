@@ -210,8 +210,9 @@ class DatabaseTelemetry:
         key = (operation, table)
         found = self._calls.get(key)
         if found is None:
-            found = self._calls[key] = {**self.attributes, "db.operation.name": operation,
-                                        "db.collection.name": table}
+            found = self._calls[key] = {**self.attributes, "db.operation.name": operation}
+            if table:
+                found["db.collection.name"] = table
         return found
 
 
@@ -290,8 +291,10 @@ class _Call:
     def __init__(self, operation: str, table: str):
         otel = self.otel = _current()
         self.operation, self.table, self.telemetry = operation, table, None
-        self.attributes = {"db.system.name": SYSTEM, "db.operation.name": operation, "db.collection.name": table}
-        self.span = otel.start_span(f"{operation} {table}", kind=otel.client, attributes=self.attributes)
+        self.attributes = {"db.system.name": SYSTEM, "db.operation.name": operation}
+        if table:  # a read() of a plain function has none
+            self.attributes["db.collection.name"] = table
+        self.span = otel.start_span(f"{operation} {table}".rstrip(), kind=otel.client, attributes=self.attributes)
         self.token = otel.attach(otel.in_context(self.span))
         sessions.call = self
         self.started = perf_counter()

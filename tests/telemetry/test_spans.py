@@ -157,3 +157,14 @@ def test_a_refused_copy_row_is_an_error_span(traced, otel):
     call = otel.span("copy_from prices")
     assert call.attributes["error.type"] == "DuplicateKeyError"
     assert not call.status.is_ok
+
+
+def test_a_read_of_a_plain_function_is_named_by_it(traced, otel):
+    def closes():
+        with traced.session("closes") as db:
+            return db.execute_sql("SELECT count(*) FROM prices").fetchone()[0]
+
+    assert traced.read(closes) == 0
+    call = otel.span("closes")
+    assert call.attributes["db.operation.name"] == "closes" and "db.collection.name" not in call.attributes
+    assert [s.name for s in otel.children(call)] == ["SELECT prices"]
