@@ -266,7 +266,7 @@ class Statement:
 def statement(db, sql: str) -> Statement | None:
     """The span of ``sql`` sent to ``db``'s driver other than by ``execute_sql`` (COPY), or
     ``None`` when telemetry is off for ``db``."""
-    telemetry = db.telemetry
+    telemetry = getattr(db, "telemetry", None)  # a plain Peewee database has none
     return None if telemetry is None else Statement(telemetry, sql)
 
 

@@ -105,3 +105,34 @@ def test_a_bad_setting_names_the_variable():
     environ = {"MARKETSTORE_DATABASE_URL": "postgresql://u@h/d", "MARKETSTORE_TELEMETRY": "maybe"}
     with pytest.raises(ConfigurationError, match="MARKETSTORE_TELEMETRY='maybe': expected one of on, off"):
         load_settings(environ=environ)
+
+
+def test_an_sdk_configured_after_initializing_receives_the_spans_and_metrics(db, database_url):
+    pytest.importorskip("opentelemetry.sdk")
+    code = textwrap.dedent(f"""
+        import marketstore
+        marketstore.initialize_database({database_url!r})  # the global providers are still the API's proxies
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        marketstore.PriceRepository().count()
+        print(sorted(s.name for s in exporter.get_finished_spans()))
+        data = reader.get_metrics_data()
+        print(sorted({{m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETSTORE_", "OTEL_"))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spans, names = done.stdout.strip().splitlines()
+    assert spans == "['SELECT prices', 'count prices']"
+    for name in ("db.client.operation.duration", "db.client.connection.count", "db.client.connection.wait_time"):
+        assert f"'{name}'" in names
