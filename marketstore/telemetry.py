@@ -10,15 +10,14 @@ methods (``execute_sql``; ``checkout``, ``checkin``, ``connect``; ``session``,
 ``read``), chosen once: no call asks whether telemetry is on.
 
 Recorded (README, "Telemetry"): a CLIENT span per repository call, parent of
-a CLIENT span per statement (named by its ``db.query.summary``); failures
-with ``error.type`` and the SQLSTATE; ``db.client.operation.duration`` of
-each; the pool metrics by ``db.client.connection.pool.name``. Never a
-parameter value, an exception message or ``db.query.text`` (SQL written by
-hand, and COPY, may hold literals). Spans and instruments come from the
-global providers, or from those given to :func:`use`.
+one per statement; ``db.client.operation.duration`` of each; the pool
+metrics. Never a parameter value, an exception message or ``db.query.text``
+(SQL written by hand, and COPY, may hold literals). The providers are the
+global ones, or those given to :func:`use`.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import types
@@ -26,7 +25,7 @@ import weakref
 
 from .connection import DatabaseConnection, Session
 from .database import sessions
-from .errors import DRIVER_ERRORS, MarketstoreError, PoolExhaustedError, driver_error, translate
+from .errors import DRIVER_ERRORS, MarketstoreError, MissingExtraError, PoolExhaustedError, driver_error, translate
 from .extras import require
 from .query_summary import PARSED_PREFIX, summarize
 
@@ -35,7 +34,9 @@ DEFAULT_PORT = 5432
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
 """The conventions' buckets of ``db.client.operation.duration`` (seconds), used for every time histogram."""
 SCOPE = "marketstore"
+MINIMUM_API = (1, 30)  # opentelemetry-api: the first whose histograms take explicit_bucket_boundaries_advisory
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _providers: tuple = (None, None)  # (tracer provider, meter provider) given to use(); None: the global one
 _otel: "_Otel | None" = None  # the tracer and instruments of those providers, made on first need
@@ -46,21 +47,30 @@ perf_counter = time.perf_counter
 
 
 def enabled(mode: str | None) -> bool:
-    """Whether telemetry is on for ``mode`` (``Settings.telemetry``); importing OpenTelemetry if so.
+    """Whether telemetry is on for ``mode`` (``Settings.telemetry``), importing OpenTelemetry if so.
 
-    Raises ``MissingExtraError`` for ``"on"`` without ``opentelemetry-api``.
+    Raises ``MissingExtraError`` for ``"on"`` without ``opentelemetry-api`` >= :data:`MINIMUM_API`.
     """
     global _context
     if mode == "off":
         return False
     try:
+        version = require("opentelemetry.version", "telemetry").__version__
+        context = require("opentelemetry.context", "telemetry")
         require("opentelemetry.trace", "telemetry")
         require("opentelemetry.metrics", "telemetry")
-        _context = require("opentelemetry.context", "telemetry")
     except ImportError:  # MissingExtraError is one
         if mode == "on":
             raise
         return False
+    if tuple(int(part) for part in version.split(".")[:2]) < MINIMUM_API:  # installed for something else
+        message = (f"opentelemetry-api {version} is installed; marketstore's telemetry needs "
+                   f">= {'.'.join(map(str, MINIMUM_API))} (pip install 'marketstore[telemetry]')")
+        if mode == "on":
+            raise MissingExtraError(message, extra="telemetry", module="opentelemetry")
+        logger.warning("telemetry off: %s", message)
+        return False
+    _context = context
     return True
 
 
@@ -178,7 +188,7 @@ class DatabaseTelemetry:
     ``params``: its libpq connection parameters (a multi-host URL is named by its first host).
     """
 
-    __slots__ = ("attributes", "pool_name", "_statements", "_calls")
+    __slots__ = ("attributes", "pool_name", "_statements")
 
     def __init__(self, params, database: str):
         host = (params.get("host") or params.get("hostaddr") or "localhost").split(",")[0]
@@ -187,7 +197,6 @@ class DatabaseTelemetry:
                            "server.port": port}
         self.pool_name = f"{host}:{port}/{database}"
         self._statements: dict = {}  # statement prefix -> (span name, attributes)
-        self._calls: dict = {}  # (operation, table) -> attributes of a repository call here
 
     def statement(self, sql: str) -> tuple[str, dict]:
         """The span name and attributes of ``sql`` (summarized once per distinct statement)."""
@@ -205,15 +214,6 @@ class DatabaseTelemetry:
             found = self._statements[key] = (summary or SYSTEM, attributes)
         return found
 
-    def call(self, operation: str, table: str) -> dict:
-        """The attributes of a repository call that ran here."""
-        key = (operation, table)
-        found = self._calls.get(key)
-        if found is None:
-            found = self._calls[key] = {**self.attributes, "db.operation.name": operation}
-            if table:
-                found["db.collection.name"] = table
-        return found
 
 
 def _failure(exc: BaseException) -> dict:
@@ -286,11 +286,11 @@ def _execute_sql(db, sql, params=None, *args, **kwargs):
 class _Call:
     """This thread's open repository-call span (``sessions.call``), current for the statements inside."""
 
-    __slots__ = ("otel", "span", "token", "operation", "table", "attributes", "telemetry", "started")
+    __slots__ = ("otel", "span", "token", "attributes", "telemetry", "started")
 
     def __init__(self, operation: str, table: str):
         otel = self.otel = _current()
-        self.operation, self.table, self.telemetry = operation, table, None
+        self.telemetry = None
         self.attributes = {"db.system.name": SYSTEM, "db.operation.name": operation}
         if table:  # a read() of a plain function has none
             self.attributes["db.collection.name"] = table
@@ -310,7 +310,7 @@ class _Call:
         sessions.call = None
         self.otel.detach(self.token)
         telemetry = self.telemetry
-        attributes = self.attributes if telemetry is None else telemetry.call(self.operation, self.table)
+        attributes = self.attributes if telemetry is None else {**telemetry.attributes, **self.attributes}
         _finish(self.otel, self.span, attributes, self.started, exc)
 
 

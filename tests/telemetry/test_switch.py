@@ -136,3 +136,20 @@ def test_an_sdk_configured_after_initializing_receives_the_spans_and_metrics(db,
     assert spans == "['SELECT prices', 'count prices']"
     for name in ("db.client.operation.duration", "db.client.connection.count", "db.client.connection.wait_time"):
         assert f"'{name}'" in names
+
+
+@pytest.mark.parametrize("mode, expected", [("None", "off"), ("'on'", "MissingExtraError telemetry")])
+def test_an_api_older_than_1_30_is_not_used(mode, expected):
+    pytest.importorskip("opentelemetry.trace")
+    code = textwrap.dedent(f"""
+        import sys, types
+        old = sys.modules["opentelemetry.version"] = types.ModuleType("opentelemetry.version")
+        old.__version__ = "1.28.0"  # its histograms take no buckets
+        from marketstore import MissingExtraError, telemetry
+        try:
+            print("on" if telemetry.enabled({mode}) else "off")
+        except MissingExtraError as exc:
+            print(type(exc).__name__, exc.extra)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == expected, done.stderr[-3000:]
