@@ -139,7 +139,8 @@ class _Otel:
                                                             explicit_bucket_boundaries_advisory=DURATION_BUCKETS))
         self.timeouts = meter.create_counter(
             "db.client.connection.timeouts", unit="{timeout}",
-            description="The number of connection timeouts that have occurred trying to obtain a connection from the pool.")
+            description="The number of connection timeouts that have occurred trying to obtain a connection "
+                        "from the pool.")
         observation = metrics.Observation
         for name, unit, read, description in (
                 ("db.client.connection.count", "{connection}", _counts,

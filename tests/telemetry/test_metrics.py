@@ -4,8 +4,6 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlsplit
 
-import pytest
-
 import marketstore
 from marketstore import PoolExhaustedError, PriceRepository, telemetry
 
@@ -124,10 +122,11 @@ def test_a_checkout_that_times_out_is_counted_and_waits_are_pending(otel, databa
 
 def test_the_primary_and_each_replica_have_their_own_pool_name_until_closed(otel, database_url):
     parts = urlsplit(database_url)
-    replica = parts._replace(netloc=f"replica-host:6543").geturl()  # never connected to: nothing reads from it
+    replica = parts._replace(netloc="replica-host:6543").geturl()  # never connected to: nothing reads from it
     connection = marketstore.DatabaseConnection().initialize(database_url, telemetry="on", replica_urls=[replica])
     try:
-        names = {p.attributes["db.client.connection.pool.name"]: p.value for p in otel.points("db.client.connection.max")}
+        names = {p.attributes["db.client.connection.pool.name"]: p.value
+                 for p in otel.points("db.client.connection.max")}
         assert names == {pool_name(database_url): 30, f"replica-host:6543{parts.path}": 30}
         assert all("@" not in name for name in names)  # no user, no password
     finally:

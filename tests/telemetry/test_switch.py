@@ -29,7 +29,8 @@ marketstore.PriceRepository().copy_from([dict(symbol="OTEL", timestamp="2024-01-
 database = connection.database
 print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry"))
 print(database.telemetry is None, sorted(vars(database).keys() & {{"execute_sql"}}),
-      sorted(vars(database.pool).keys() & {{"checkout", "checkin"}}), sorted(vars(connection).keys() & {{"session", "read"}}))
+      sorted(vars(database.pool).keys() & {{"checkout", "checkin"}}),
+      sorted(vars(connection).keys() & {{"session", "read"}}))
 """
 # An interpreter where opentelemetry is not installed, as far as imports can tell.
 NOT_INSTALLED = """
