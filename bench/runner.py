@@ -9,11 +9,13 @@ import traceback
 
 from . import frames as _frames_case  # noqa: F401 - registers the frames case
 from . import report, scaleout  # noqa: F401 - scaleout registers its case
+from . import telemetry as _telemetry_case  # noqa: F401 - registers the telemetry case
 from .cases import CASES
 from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
-ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "frames", "scaleout")
+ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "telemetry", "frames",
+         "scaleout")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,

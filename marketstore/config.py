@@ -18,6 +18,7 @@ from .errors import ConfigurationError
 
 URL_VAR = "MARKETSTORE_DATABASE_URL"
 POOLERS = ("transaction",)
+TELEMETRY = ("on", "off")
 
 # libpq environment variables we read when no URL is given.
 _PG_VARS = {
@@ -82,14 +83,20 @@ def text(name: str, raw: Any) -> str:
     return raw
 
 
-def pooler(name: str, raw: Any) -> str | None:
-    """One of :data:`POOLERS` (any case), or ``None`` for none."""
-    value = raw.strip().lower() if isinstance(raw, str) else raw
-    if value in ("", "none"):
-        return None
-    if value not in POOLERS:
-        raise ConfigurationError(f"{name}={raw!r}: expected one of {', '.join(POOLERS)} (or unset)")
-    return value
+def choice(values: tuple[str, ...]) -> Parser:
+    """A parser of one of ``values`` (any case), or ``None`` (unset, empty or "none")."""
+    def parse(name: str, raw: Any) -> str | None:
+        value = raw.strip().lower() if isinstance(raw, str) else raw
+        if value in ("", "none"):
+            return None
+        if value not in values:
+            raise ConfigurationError(f"{name}={raw!r}: expected one of {', '.join(values)} (or unset)")
+        return value
+    return parse
+
+
+pooler = choice(POOLERS)
+"""One of :data:`POOLERS` (any case), or ``None`` for none."""
 
 
 def urls(name: str, raw: Any) -> tuple[str, ...]:
@@ -132,6 +139,8 @@ class Settings:
     pooler: str | None = setting("MARKETSTORE_POOLER", pooler, None)
     replica_urls: tuple[str, ...] = setting("MARKETSTORE_REPLICA_URLS", urls, ())
     max_replica_lag: float = setting("MARKETSTORE_MAX_REPLICA_LAG", number(0.01), 1.0)
+    # OpenTelemetry (marketstore.telemetry): unset, on when opentelemetry-api is installed.
+    telemetry: str | None = setting("MARKETSTORE_TELEMETRY", choice(TELEMETRY), None)
     # The libpq parameters of each replica URL, in order: parsed once, by load_settings().
     replica_params: tuple[Mapping[str, str], ...] = field(default=(), repr=False)
 

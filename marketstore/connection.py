@@ -42,8 +42,15 @@ logger = logging.getLogger(__name__)
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10", "keepalives_count": "5"}
 
 
-def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
-    """The pooled database of ``settings``: SPEC's limits, UTC sessions, bounded waits."""
+def _telemetry():
+    """:mod:`marketstore.telemetry`, imported here: it imports this module (and no OpenTelemetry itself)."""
+    from . import telemetry
+
+    return telemetry
+
+
+def _database(settings: Settings, traced: bool = False) -> PooledPostgresqlExtDatabase:
+    """The pooled database of ``settings``: SPEC's limits, UTC sessions, bounded waits (``traced``: with telemetry)."""
     params = dict(settings.connect_params)
     dbname = params.pop("dbname", None) or settings.database
     # Every session runs in UTC so timestamptz values come back in UTC, and
@@ -67,11 +74,14 @@ def _database(settings: Settings) -> PooledPostgresqlExtDatabase:
     params.setdefault("connect_timeout", str(settings.connect_timeout))
     for name, value in TCP_KEEPALIVES.items():
         params.setdefault(name, value)
-    return PooledPostgresqlExtDatabase(
+    db = PooledPostgresqlExtDatabase(
         dbname, max_connections=settings.max_connections, stale_timeout=settings.pool_recycle or None,
         timeout=settings.pool_timeout or None, pool_size=settings.pool_size, pre_ping=settings.pool_pre_ping,
         ping_after_idle=None, idle_grace=settings.pool_idle_grace, transaction_settings=transaction_settings,
         **params)
+    if traced:
+        _telemetry().instrument(db, settings)
+    return db
 
 
 class _Joined:
@@ -214,9 +224,12 @@ class DatabaseConnection:
         """
         settings = load_settings(url, **options)
         self._refuse_inside_transaction("initialize")
-        db = _database(settings)
+        # Off (or not installed), OpenTelemetry is never imported and nothing is wrapped.
+        traced = settings.telemetry != "off" and _telemetry().enabled(settings.telemetry)
+        db = _database(settings, traced)
         if settings.replica_urls:
-            sampler = LagSampler(settings, [(replica, _database(replica)) for replica in settings.replicas()])
+            sampler = LagSampler(settings, [(replica, _database(replica, traced))
+                                            for replica in settings.replicas()])
             router = ReplicaRouter(db, sampler)
         else:
             router = PrimaryRouter(db)
@@ -226,10 +239,12 @@ class DatabaseConnection:
             self.settings = settings
             if self is db_connection:  # the default serves queries outside any session
                 database_proxy.initialize(self._db)
+            _telemetry().trace_calls(self, traced)
         if old is not None:
             old.close_all()
         if old_router is not None:
             old_router.close()
+            _telemetry().forget(old_router)
         logger.info("database configured: %r", settings)
         return self
 
@@ -325,6 +340,7 @@ class DatabaseConnection:
             db.close_all()
         if router is not None:
             router.close()
+            _telemetry().forget(router)
 
     def _refuse_inside_transaction(self, operation: str) -> None:
         # Checked before anything changes: the pool would refuse to close this

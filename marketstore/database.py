@@ -138,6 +138,14 @@ class PooledPostgresqlExtDatabase(PostgresqlExtDatabase):
         return _ConnectionContext(self)
 
     query_hooks = ()  # Peewee 4 sets a list per database; Peewee 3 has none
+    telemetry = None
+    """This database's :class:`~marketstore.telemetry.DatabaseTelemetry` when telemetry is on
+    (:func:`marketstore.telemetry.instrument` then also wraps ``execute_sql``), else ``None``."""
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The :class:`~marketstore.pool.ConnectionPool` behind ``_connect``/``_close``."""
+        return self._pool
 
     def execute_sql(self, sql, params=None, *args, **kwargs):
         """Peewee's ``execute_sql``: ``(sql, params)`` logged at DEBUG to the ``peewee`` logger,
@@ -300,13 +308,15 @@ class SessionStack(threading.local):
     routed read in progress (:meth:`marketstore.routing.ReplicaRouter.read`),
     innermost last. ``joins``: how many repository reads are in progress
     (:meth:`marketstore.connection.DatabaseConnection.read`); a session opened
-    inside one joins an open transaction without a savepoint.
+    inside one joins an open transaction without a savepoint. ``call``: the
+    repository call whose span is open (:mod:`marketstore.telemetry`), else ``None``.
     """
 
     def __init__(self):
         self.stack: list = []
         self.reads: list = []
         self.joins = 0
+        self.call = None
 
 
 sessions = SessionStack()

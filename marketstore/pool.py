@@ -66,7 +66,7 @@ class ConnectionPool:
     def __init__(self, connect: Callable[[], Any], *, max_connections: int | None = 30,
                  pool_size: int | None = None, timeout: float = 0.0, recycle: float | None = None,
                  pre_ping: bool = False, ping_after_idle: float | None = None, idle_grace: float = 0.0):
-        self._new = connect
+        self.connect = connect  # makes a new connection (an attribute: telemetry times it)
         self._lock = threading.Lock()  # entered directly: Condition's own __enter__ is Python code
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # checkouts waiting for a slot: check-ins notify only then
@@ -141,7 +141,7 @@ class ConnectionPool:
             self._forget(conn)
             self._close_raw(conn)
         try:
-            conn = self._new()
+            conn = self.connect()
         except BaseException:
             with self._lock:
                 self._opening -= 1
@@ -342,6 +342,11 @@ class ConnectionPool:
         self._cond = threading.Condition(self._lock)
         self._idle, self._busy, self._opening, self._waiting = [], {}, 0, 0
         self._trimmer = None  # the parent's timer thread does not exist here
+
+    @property
+    def pending(self) -> int:
+        """How many checkouts are waiting for a free slot now."""
+        return self._waiting
 
     def status(self) -> dict:
         """``{'max_connections', 'pool_size', 'in_use', 'idle'}``."""

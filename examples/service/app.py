@@ -297,3 +297,28 @@ async def request_error(request: Request, exc: RequestValidationError) -> JSONRe
     return JSONResponse({"error": "RequestValidationError", "message": first["msg"],
                          "field": field, "value": _jsonable(first.get("input")), "expected": first["msg"]},
                         status_code=422)
+
+
+# -- /metrics: marketstore's OpenTelemetry metrics for Prometheus ------------------
+# With the OpenTelemetry SDK and its Prometheus exporter installed (README,
+# "Telemetry"), this process's meter provider is read by GET /metrics in
+# Prometheus' text format: db_client_operation_duration_seconds, the pool's
+# db_client_connection_* series. Each uvicorn worker is a process of its own
+# with its own figures: scrape each, or run one worker per container.
+try:
+    import prometheus_client
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+except ImportError:  # not installed: no /metrics
+    prometheus_client = None
+
+if prometheus_client is not None:
+    from fastapi.responses import Response
+
+    otel_metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Every metric of this worker process, in Prometheus' text format."""
+        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import psycopg2
 
+from .. import telemetry
 from ..errors import DataValidationError, DuplicateKeyError, MarketstoreError, duplicate_key
 from ..models import PRICE_INPUT_COLUMNS
 
@@ -104,15 +105,23 @@ def refusal(exc: psycopg2.Error, source: CopySource) -> MarketstoreError | None:
 def copy(db, sql: str, source: CopySource) -> int:
     """Run ``COPY ... FROM STDIN`` of ``source`` on the session's connection; returns the rows copied."""
     cursor = db.connection().cursor()
+    record = telemetry.statement(db, sql)  # its span, with the rows copied; None when telemetry is off
     try:
-        cursor.copy_expert(sql, source, size=64 * 1024)
-        return cursor.rowcount
-    except psycopg2.Error as exc:
-        if source.error is not None:
-            raise source.error from None
-        refused = refusal(exc, source)
-        if refused is None:
-            raise
-        raise refused from exc
+        try:
+            cursor.copy_expert(sql, source, size=64 * 1024)
+        except psycopg2.Error as exc:
+            if source.error is not None:
+                raise source.error from None
+            refused = refusal(exc, source)
+            if refused is None:
+                raise
+            raise refused from exc
+    except BaseException as exc:
+        if record is not None:
+            record.end(exc)
+        raise
     finally:
         cursor.close()
+    if record is not None:
+        record.end(rows=cursor.rowcount)
+    return cursor.rowcount
