@@ -31,6 +31,7 @@ import threading
 import logging
 import weakref
 
+from . import telemetry
 from .connection import DatabaseConnection, db_connection
 from .errors import DRIVER_ERRORS, DatabaseConnectionError, PoolExhaustedError
 
@@ -44,11 +45,13 @@ _current: contextvars.ContextVar["AsyncSession | None"] = contextvars.ContextVar
 
 
 class _Job:
-    __slots__ = ("fn", "args", "kwargs", "future", "dbs", "release", "cancelled")
+    __slots__ = ("fn", "args", "kwargs", "future", "dbs", "release", "cancelled", "context")
 
     def __init__(self, fn, args, kwargs, future, dbs, release):
         self.fn, self.args, self.kwargs, self.future, self.dbs = fn, args, kwargs, future, dbs
         self.release, self.cancelled = release, False
+        # The caller's OpenTelemetry context: spans the job starts are its children (None when off).
+        self.context = telemetry.captured()
 
 
 def _deliver(future: asyncio.Future, ok: bool, value) -> None:
@@ -124,7 +127,7 @@ class _Worker(threading.Thread):
                 ok, value = True, None
                 if not job.cancelled:
                     try:
-                        value = job.fn(*job.args, **job.kwargs)
+                        value = telemetry.within(job.context, job.fn, *job.args, **job.kwargs)
                     except BaseException as exc:  # handed to the awaiting task
                         ok, value = False, exc
                 self.current = None

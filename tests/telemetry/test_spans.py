@@ -92,8 +92,6 @@ def test_a_worker_thread_runs_a_call_in_the_context_captured_from_its_caller(tra
     assert otel.span("count prices").parent.span_id == request.get_span_context().span_id
 
 
-@pytest.mark.xfail(strict=True, reason="the worker thread of marketstore.aio runs jobs outside the caller's "
-                                      "OpenTelemetry context: the aio.py change is with the lead")
 @pytest.mark.parametrize("in_session", [False, True], ids=["own session", "async session"])
 def test_a_span_open_in_an_async_caller_is_the_parent_of_the_call(traced, otel, in_session):
     async def handle():
