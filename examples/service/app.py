@@ -133,7 +133,7 @@ class Transition(BaseModel):
 # /prices/latest before /prices/{symbol}: routes match in declaration order.
 @app.get("/prices/latest")
 @in_session(read_only=True)
-def latest_prices(symbols: str, interval: str = "1m") -> dict:
+def latest_prices(symbols: str, interval: Optional[str] = None) -> dict:
     """The newest bar of each of ``symbols`` (comma-separated) that has one."""
     wanted = [s.strip() for s in symbols.split(",") if s.strip()]
     found = prices.latest_for_symbols(wanted, interval)
@@ -142,7 +142,7 @@ def latest_prices(symbols: str, interval: str = "1m") -> dict:
 
 @app.get("/prices/{symbol}")
 @in_session(read_only=True)
-def price_range(symbol: str, start: str, end: str, interval: str = "1m") -> list:
+def price_range(symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """Bars of ``symbol`` with ``start <= timestamp < end`` (ISO-8601; naive = UTC), oldest first."""
     return [_price(bar) for bar in prices.get_range(symbol, start, end, interval)]
 
@@ -199,7 +199,7 @@ Writes = Annotated[AsyncSession, Depends(write_session, **_BEFORE_RESPONSE)]
 
 
 @app.get("/async/prices/latest")
-async def alatest_prices(session: Reads, symbols: str, interval: str = "1m") -> dict:
+async def alatest_prices(session: Reads, symbols: str, interval: Optional[str] = None) -> dict:
     """``GET /prices/latest``, async."""
     wanted = [s.strip() for s in symbols.split(",") if s.strip()]
     found = await prices.alatest_for_symbols(wanted, interval)
@@ -207,7 +207,7 @@ async def alatest_prices(session: Reads, symbols: str, interval: str = "1m") -> 
 
 
 @app.get("/async/prices/{symbol}")
-async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: str = "1m") -> list:
+async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """``GET /prices/{symbol}``, async."""
     return [_price(bar) for bar in await prices.aget_range(symbol, start, end, interval)]
 
