@@ -13,7 +13,8 @@ from .cases import CASES
 from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
-ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "frames", "scaleout")
+ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "frames", "scaleout",
+         "service")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,
