@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 import peewee
 
 from .aio import AsyncTwins
 from .connection import DatabaseConnection, db_connection
-from .errors import DataValidationError, NotFoundError
+from .database import sessions
+from .errors import DRIVER_ERRORS, DataValidationError, NotFoundError
 from .models import BaseModel
 from . import validation as check
 
@@ -91,6 +93,74 @@ class Statements:
         return obj
 
 
+_SAVEPOINT_NAMES = itertools.count(1)
+
+
+class Write:
+    """A repository write's session: ``with self.write("op") as w: w.execute(sql, params, last=...)``.
+
+    Outside any session its own transaction. Inside one it joins the
+    caller's transaction under a savepoint (a caller may catch the write's
+    failure and go on), and the savepoint costs no round trip of its own:
+    ``SAVEPOINT`` goes in the same message as the write's first statement,
+    and ``RELEASE`` with its last when the caller does not need that
+    statement's rows (else alone, at the end). On a failure the transaction
+    rolls back to the savepoint, and the error is raised translated.
+    """
+
+    __slots__ = ("_session", "_name", "_state", "db")
+
+    def __init__(self, connection: DatabaseConnection, operation: str, model: str):
+        self._session = connection.session(operation, model)
+        # None: a transaction of its own; else the savepoint's name and 0 (not sent),
+        # 1 (sent), 2 (released).
+        self._name = f"ms_write_{next(_SAVEPOINT_NAMES)}" if connection.in_transaction() else None
+        self._state = 0
+
+    def __enter__(self) -> "Write":
+        if self._name is not None:
+            sessions.joins += 1  # the session joins the caller's: the savepoint is ours
+        try:
+            self.db = self._session.__enter__()
+        except BaseException:
+            if self._name is not None:
+                sessions.joins -= 1
+            raise
+        return self
+
+    def execute(self, sql: str, params, *, last: bool = False):
+        """Run ``sql`` (with the savepoint's commands when inside a session); the cursor."""
+        name = self._name
+        if name is not None:
+            if self._state == 0:
+                sql, self._state = f"SAVEPOINT {name}; {sql}", 1
+            if last:
+                sql, self._state = f"{sql}; RELEASE SAVEPOINT {name}", 2
+        return self.db.execute_sql(sql, params)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        name = self._name
+        if name is None:
+            return self._session.__exit__(exc_type, exc, tb)
+        try:
+            if exc_type is None and self._state == 1:
+                try:
+                    self.db.execute_sql(f"RELEASE SAVEPOINT {name}")
+                except BaseException as failure:
+                    exc_type, exc, tb = type(failure), failure, failure.__traceback__
+            if exc_type is not None and self._state:
+                try:
+                    self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")
+                except DRIVER_ERRORS:
+                    pass  # the connection is lost: the error already raised says so
+        finally:
+            sessions.joins -= 1
+        # The joined session ends (nothing to send) and raises the error translated.
+        if not self._session.__exit__(exc_type, exc, tb) and exc is not None:
+            raise exc
+        return False
+
+
 @functools.cache
 def statements(model: type[BaseModel]) -> Statements:
     """The :class:`Statements` of ``model``, made once."""
@@ -115,6 +185,10 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
         """A session labelled with this repository's model, for logs and errors."""
         return self.connection.session(operation, self.model.__name__)
 
+    def write(self, operation: str) -> Write:
+        """A write's session (see :class:`Write`): its statements through ``execute``."""
+        return Write(self.connection, operation, self.model.__name__)
+
     def _returning(self, query):
         return query.returning(*self.model._meta.sorted_fields).objects(self.model)
 
@@ -135,10 +209,11 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
         row = self.model.validate(data)
         compiled = statements(self.model)
         insert = compiled.insert(row)
-        with self.session("create") as db:
-            if insert is None:
+        if insert is None:
+            with self.session("create"):
                 return self._returning(self.model.insert(row)).execute()[0]
-            return compiled.instance(db.execute_sql(*insert).fetchone())
+        with self.write("create") as write:
+            return compiled.instance(write.execute(*insert).fetchone())
 
     @reads
     def get_by_id(self, id: int) -> T | None:

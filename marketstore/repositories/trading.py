@@ -173,8 +173,8 @@ class OrderRepository(BaseRepository[Order]):
         if note is not None:
             note = OrderEvent.validate({"note": note}, partial=True)["note"]
 
-        with self.session("transition") as db:
-            found = db.execute_sql(_LOCK, (Order.order_id.db_value(order_id),)).fetchone()
+        with self.write("transition") as write:
+            found = write.execute(_LOCK, (Order.order_id.db_value(order_id),)).fetchone()
             if found is None:
                 raise NotFoundError(f"order order_id={order_id!r} not found")
             order = _ORDERS.instance(found)
@@ -197,12 +197,12 @@ class OrderRepository(BaseRepository[Order]):
                         f"quantity ({order.quantity}) for {current} -> partially_filled")
                 params += [Order.filled_quantity.db_value(total),
                            Order.average_fill_price.db_value(fill["average_fill_price"])]
-            moved = db.execute_sql(_MOVES[len(params) > 1], params + [order.id]).fetchone()
+            moved = write.execute(_MOVES[len(params) > 1], params + [order.id]).fetchone()
             updated = _ORDERS.instance(moved)
-            db.execute_sql(*_EVENTS.insert({
+            write.execute(*_EVENTS.insert({
                 "order": order.id, "from_status": current, "to_status": new_status,
                 "filled_quantity": updated.filled_quantity, "fill_price": updated.average_fill_price,
-                "timestamp": updated.updated_at, "note": note}))
+                "timestamp": updated.updated_at, "note": note}), last=True)
             return updated
 
     @reads

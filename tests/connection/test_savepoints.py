@@ -54,3 +54,40 @@ def test_reads_between_writes_keep_a_caught_write_failure_recoverable(prices, ra
         prices.create(**price_row(1))
     assert count_rows(raw, "prices") == 2
 
+
+
+def messages(statements) -> list[str]:
+    """Each statement sent, as its commands' first words: ``SAVEPOINT+INSERT`` for one message of two."""
+    return ["+".join(part.split()[0].upper() for part in sql.split("; ") if part.strip()) for sql, _ in statements]
+
+
+def test_a_write_sends_its_savepoint_with_its_first_statement(db):
+    from marketstore import OrderRepository
+    orders = OrderRepository()
+    with sent_statements() as statements:
+        with get_db_session():
+            orders.create(order_id="sp-1", symbol="AAPL", order_type="market", side="buy", quantity=1)
+            orders.transition("sp-1", "submitted")
+    # create: its RETURNING rows are the last result, so RELEASE goes alone; transition's
+    # audit row returns nothing the caller needs: RELEASE rides with it.
+    assert messages(statements) == ["SAVEPOINT+INSERT", "RELEASE", "SAVEPOINT+SELECT", "UPDATE", "INSERT+RELEASE"]
+
+
+def test_a_write_outside_a_session_takes_no_savepoint(db):
+    from marketstore import OrderRepository
+    with sent_statements() as statements:
+        OrderRepository().create(order_id="sp-2", symbol="AAPL", order_type="market", side="buy", quantity=1)
+    assert messages(statements) == ["INSERT"]
+
+
+def test_a_refused_move_inside_a_session_rolls_back_to_its_savepoint(db, raw):
+    from marketstore import DataValidationError, OrderRepository
+    orders = OrderRepository()
+    with get_db_session():
+        orders.create(order_id="sp-3", symbol="AAPL", order_type="market", side="buy", quantity=1)
+        with pytest.raises(DataValidationError):
+            orders.transition("sp-3", "filled", average_fill_price=10)  # pending -> filled is illegal
+        with pytest.raises(IntegrityViolation):
+            orders.create(order_id="sp-3", symbol="AAPL", order_type="market", side="buy", quantity=1)
+        assert orders.transition("sp-3", "submitted").status == "submitted"  # the session goes on
+    assert count_rows(raw, "orders") == 1 and count_rows(raw, "order_events") == 1
