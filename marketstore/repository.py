@@ -59,6 +59,7 @@ class Statements:
         self.columns = ", ".join(f"{self.table}.{_quoted(f.column_name)}" for f in self.fields)
         self._defaults = meta.defaults  # field -> default, as Peewee's insert fills them in
         self._inserts: dict[frozenset, tuple] = {}
+        self._readers: dict[tuple, Callable] = {}
 
     def insert(self, row: Mapping[str, Any]) -> tuple[str, list] | None:
         """``INSERT ... RETURNING`` every column of ``row`` (defaults filled in); ``None`` when a value
@@ -86,11 +87,28 @@ class Statements:
     def instance(self, row: tuple) -> BaseModel:
         """A fetched row of every column (``columns`` order) as an instance, as Peewee's model cursor
         leaves it: values through ``python_value``, nothing dirty."""
-        obj = self.model.__new__(self.model)
-        obj.__data__ = {name: convert(value) for name, convert, value in zip(self.names, self.converters, row)}
-        obj._dirty = set()
-        obj.__rel__ = {}
-        return obj
+        return self.reader(self.fields)(row)
+
+    def reader(self, fields, extra: tuple[str, ...] = ()):
+        """``row -> instance`` for rows of ``fields`` then ``extra`` columns (plain attributes,
+        as ``Model.raw()`` sets a computed column such as a rank)."""
+        key = (tuple(fields), extra)
+        made = self._readers.get(key)
+        if made is None:
+            model, names = self.model, tuple(f.name for f in fields)
+            specs = tuple(zip(names, (f.python_value for f in fields)))
+            width = len(names)
+
+            def made(row):
+                obj = model.__new__(model)
+                obj.__data__ = {name: convert(value) for (name, convert), value in zip(specs, row)}
+                obj._dirty = set()
+                obj.__rel__ = {}
+                if extra:
+                    obj.__dict__.update(zip(extra, row[width:]))
+                return obj
+            self._readers[key] = made
+        return made
 
 
 _SAVEPOINT_NAMES = itertools.count(1)

@@ -98,6 +98,13 @@ def _price(bar) -> dict:
             "close": _money(bar.close), "volume": _money(bar.volume)}
 
 
+def _price_row(row: tuple) -> dict:
+    # get_range(as_tuples=True): (id, symbol, timestamp, open, high, low, close, volume, interval, adj_close).
+    # A list of bars turned into JSON needs their values, not models.
+    return {"symbol": row[1], "timestamp": _time(row[2]), "interval": row[8], "open": _money(row[3]),
+            "high": _money(row[4]), "low": _money(row[5]), "close": _money(row[6]), "volume": _money(row[7])}
+
+
 def _order(order) -> dict:
     return {"order_id": order.order_id, "symbol": order.symbol, "order_type": order.order_type,
             "side": order.side, "quantity": _money(order.quantity), "price": _money(order.price),
@@ -144,7 +151,7 @@ def latest_prices(symbols: str, interval: Optional[str] = None) -> dict:
 @in_session(read_only=True)
 def price_range(symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """Bars of ``symbol`` with ``start <= timestamp < end`` (ISO-8601; naive = UTC), oldest first."""
-    return [_price(bar) for bar in prices.get_range(symbol, start, end, interval)]
+    return [_price_row(bar) for bar in prices.get_range(symbol, start, end, interval, as_tuples=True)]
 
 
 @app.get("/articles/search")
@@ -209,7 +216,7 @@ async def alatest_prices(session: Reads, symbols: str, interval: Optional[str] =
 @app.get("/async/prices/{symbol}")
 async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """``GET /prices/{symbol}``, async."""
-    return [_price(bar) for bar in await prices.aget_range(symbol, start, end, interval)]
+    return [_price_row(bar) for bar in await prices.aget_range(symbol, start, end, interval, as_tuples=True)]
 
 
 @app.get("/async/articles/search")
