@@ -112,6 +112,11 @@ class Statements:
 
 
 _SAVEPOINT_NAMES = itertools.count(1)
+# Savepoints a transaction's repository writes may leave for its COMMIT to release. Each
+# open one nests the next statements a level deeper; PostgreSQL tracks 64 subtransactions
+# of a backend cheaply (PGPROC_MAX_CACHED_SUBXIDS), beyond which every snapshot of
+# every session must look them up: well below that, whatever the caller's own savepoints.
+UNRELEASED_SAVEPOINTS = 16
 
 
 class Write:
@@ -122,8 +127,13 @@ class Write:
     failure and go on), and the savepoint costs no round trip of its own:
     ``SAVEPOINT`` goes in the same message as the write's first statement,
     and ``RELEASE`` with its last when the caller does not need that
-    statement's rows (else alone, at the end). On a failure the transaction
-    rolls back to the savepoint, and the error is raised translated.
+    statement's rows. Else it is left to the transaction's ``COMMIT``, which
+    releases every savepoint (up to :data:`UNRELEASED_SAVEPOINTS` a
+    transaction; then ``RELEASE`` is sent alone). A savepoint left open only
+    nests what follows one level deeper: a later ``ROLLBACK TO`` or
+    ``RELEASE`` of the caller's own savepoint, made before or after it, means
+    what it meant. On a failure the transaction rolls back to the savepoint,
+    and the error is raised translated.
     """
 
     __slots__ = ("_session", "_name", "_state", "db")
@@ -162,10 +172,15 @@ class Write:
             return self._session.__exit__(exc_type, exc, tb)
         try:
             if exc_type is None and self._state == 1:
-                try:
-                    self.db.execute_sql(f"RELEASE SAVEPOINT {name}")
-                except BaseException as failure:
-                    exc_type, exc, tb = type(failure), failure, failure.__traceback__
+                fields = self.db._state.__dict__  # this thread's (transactions.ThreadState)
+                left = fields.get("unreleased", 0)
+                if left < UNRELEASED_SAVEPOINTS:
+                    fields["unreleased"] = left + 1
+                else:
+                    try:
+                        self.db.execute_sql(f"RELEASE SAVEPOINT {name}")
+                    except BaseException as failure:
+                        exc_type, exc, tb = type(failure), failure, failure.__traceback__
             if exc_type is not None and self._state:
                 try:
                     self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")

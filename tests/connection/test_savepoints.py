@@ -41,7 +41,8 @@ def test_a_write_inside_a_session_still_takes_a_savepoint(prices):
     with sent_statements() as statements:
         with get_db_session():
             prices.create(**price_row(0))
-    assert [sql.split()[0] for sql in savepoint_statements(statements)] == ["SAVEPOINT", "RELEASE"]
+    # Sent with the INSERT; the session's COMMIT releases it.
+    assert [sql.split()[0] for sql in savepoint_statements(statements)] == ["SAVEPOINT"]
 
 
 def test_reads_between_writes_keep_a_caught_write_failure_recoverable(prices, raw):
@@ -68,9 +69,43 @@ def test_a_write_sends_its_savepoint_with_its_first_statement(db):
         with get_db_session():
             orders.create(order_id="sp-1", symbol="AAPL", order_type="market", side="buy", quantity=1)
             orders.transition("sp-1", "submitted")
-    # create: its RETURNING rows are the last result, so RELEASE goes alone; transition's
-    # audit row returns nothing the caller needs: RELEASE rides with it.
-    assert messages(statements) == ["SAVEPOINT+INSERT", "RELEASE", "SAVEPOINT+SELECT", "UPDATE", "INSERT+RELEASE"]
+    # create: its RETURNING rows are the last result, so COMMIT releases its savepoint;
+    # transition's audit row returns nothing the caller needs: RELEASE rides with it.
+    assert messages(statements) == ["SAVEPOINT+INSERT", "SAVEPOINT+SELECT", "UPDATE", "INSERT+RELEASE"]
+
+
+def test_a_transaction_leaves_at_most_sixteen_savepoints_to_its_commit(db):
+    from marketstore import OrderRepository
+    from marketstore.repository import UNRELEASED_SAVEPOINTS
+    orders = OrderRepository()
+    with sent_statements() as statements:
+        for session in range(2):  # the count starts again with each transaction
+            with get_db_session():
+                for n in range(UNRELEASED_SAVEPOINTS + 4):
+                    orders.create(order_id=f"many-{session}-{n}", symbol="AAPL", order_type="market", side="buy",
+                                  quantity=1)
+    assert messages(statements).count("RELEASE") == 2 * 4
+
+
+def test_writes_left_unreleased_keep_the_callers_savepoints_meaning(db, raw):
+    from marketstore import OrderRepository
+    orders = OrderRepository()
+
+    def order(name):
+        return orders.create(order_id=name, symbol="AAPL", order_type="market", side="buy", quantity=1)
+
+    with get_db_session() as session:
+        order("kept-1")  # its savepoint left open
+        with session.atomic():  # the caller's savepoint, nested in it: released
+            order("kept-2")
+        with pytest.raises(RuntimeError):
+            with session.atomic():  # rolled back to, with the write's savepoint made inside it
+                order("undone")
+                raise RuntimeError("undo")
+        order("kept-3")
+    with raw.cursor() as cur:
+        cur.execute("SELECT order_id FROM orders ORDER BY id")
+        assert [name for name, in cur.fetchall()] == ["kept-1", "kept-2", "kept-3"]
 
 
 def test_a_write_outside_a_session_takes_no_savepoint(db):
