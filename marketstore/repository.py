@@ -120,7 +120,7 @@ UNRELEASED_SAVEPOINTS = 16
 
 
 class Write:
-    """A repository write's session: ``with self.write("op") as w: w.execute(sql, params, last=...)``.
+    """A repository write's session: ``with self._write("op") as w: w.execute(sql, params, last=...)``.
 
     Outside any session its own transaction. Inside one it joins the
     caller's transaction under a savepoint (a caller may catch the write's
@@ -218,7 +218,7 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
         """A session labelled with this repository's model, for logs and errors."""
         return self.connection.session(operation, self.model.__name__)
 
-    def write(self, operation: str) -> Write:
+    def _write(self, operation: str) -> Write:
         """A write's session (see :class:`Write`): its statements through ``execute``."""
         return Write(self.connection, operation, self.model.__name__)
 
@@ -245,7 +245,7 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
         if insert is None:
             with self.session("create"):
                 return self._returning(self.model.insert(row)).execute()[0]
-        with self.write("create") as write:
+        with self._write("create") as write:
             return compiled.instance(write.execute(*insert).fetchone())
 
     @reads

@@ -173,7 +173,7 @@ class OrderRepository(BaseRepository[Order]):
         if note is not None:
             note = OrderEvent.validate({"note": note}, partial=True)["note"]
 
-        with self.write("transition") as write:
+        with self._write("transition") as write:
             found = write.execute(_LOCK, (Order.order_id.db_value(order_id),)).fetchone()
             if found is None:
                 raise NotFoundError(f"order order_id={order_id!r} not found")
