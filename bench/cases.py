@@ -479,3 +479,6 @@ def natural_types(ctx: Context) -> Iterator[Comparison]:
         "types", f"upsert {ctx.n:,} rows with int volume, half of them already stored", ctx.n, "rows",
         "raw execute_values ON CONFLICT", contenders,
         [Target("upsert_many(rows, int volume)", "raw execute_values ON CONFLICT", "speed>=", 1.5)], warmup=False)
+
+
+from . import service as _service_case  # noqa: E402,F401 - registers the service case (it imports case from here)

@@ -15,7 +15,7 @@ from .context import Context, dedicated_database
 from .harness import Comparison, measure
 
 ORDER = ("ingest", "upsert", "types", "scaling", "range", "latest", "resample", "sessions", "telemetry", "frames",
-         "scaleout")
+         "scaleout", "service")
 
 
 def run(ctx: Context, names=ORDER, strict: bool = True, verbose: bool = False,

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+
+import peewee
 
 from .aio import AsyncTwins
 from .connection import DatabaseConnection, db_connection
-from .errors import DataValidationError, NotFoundError
+from .database import sessions
+from .errors import DRIVER_ERRORS, DataValidationError, NotFoundError
 from .models import BaseModel
 from . import validation as check
 
@@ -29,6 +33,173 @@ def reads(method: F) -> F:
     return routed
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Statements:
+    """The SQL of one model's fixed-shape statements, built once per shape, and its rows as instances.
+
+    Peewee builds a statement anew on every call: an ``INSERT ... RETURNING``
+    of an order is some 105 nested ``sql()`` calls, more client time than
+    the round trip, and reading its row back through a model cursor a
+    converter call and a descriptor per column besides. A repository's hot
+    statements have a few shapes each: their text is kept here (the model's
+    quoted names, ``%s`` for every value, as Peewee would send it), values
+    go through each field's ``db_value`` and read columns through its
+    ``python_value``, as Peewee's own do.
+    """
+
+    def __init__(self, model: type[BaseModel]):
+        meta = model._meta
+        self.model, self.table = model, _quoted(meta.table_name)
+        self.fields = meta.sorted_fields
+        self.names = tuple(f.name for f in self.fields)
+        self.converters = tuple(f.python_value for f in self.fields)
+        self.columns = ", ".join(f"{self.table}.{_quoted(f.column_name)}" for f in self.fields)
+        self._defaults = meta.defaults  # field -> default, as Peewee's insert fills them in
+        self._inserts: dict[frozenset, tuple] = {}
+        self._readers: dict[tuple, Callable] = {}
+
+    def insert(self, row: Mapping[str, Any]) -> tuple[str, list] | None:
+        """``INSERT ... RETURNING`` every column of ``row`` (defaults filled in); ``None`` when a value
+        is SQL (a generated column's ``DEFAULT``), which only Peewee's own insert can send."""
+        shape = self._inserts.get(frozenset(row))
+        if shape is None:
+            shape = self._inserts[frozenset(row)] = self._insert_shape(row)
+        sql, fields = shape
+        params = []
+        for field in fields:
+            value = row[field.name] if field.name in row else self._defaults[field]
+            value = field.db_value(value() if callable(value) else value)
+            if isinstance(value, peewee.Node):
+                return None
+            params.append(value)
+        return sql, params
+
+    def _insert_shape(self, row) -> tuple[str, list]:
+        given = set(row)
+        fields = [f for f in self.fields if f.name in given or f in self._defaults]
+        names = ", ".join(_quoted(f.column_name) for f in fields)
+        places = ", ".join(["%s"] * len(fields))
+        return f"INSERT INTO {self.table} ({names}) VALUES ({places}) RETURNING {self.columns}", fields
+
+    def instance(self, row: tuple) -> BaseModel:
+        """A fetched row of every column (``columns`` order) as an instance, as Peewee's model cursor
+        leaves it: values through ``python_value``, nothing dirty."""
+        return self.reader(self.fields)(row)
+
+    def reader(self, fields, extra: tuple[str, ...] = ()):
+        """``row -> instance`` for rows of ``fields`` then ``extra`` columns (plain attributes,
+        as ``Model.raw()`` sets a computed column such as a rank)."""
+        key = (tuple(fields), extra)
+        made = self._readers.get(key)
+        if made is None:
+            model, names = self.model, tuple(f.name for f in fields)
+            specs = tuple(zip(names, (f.python_value for f in fields)))
+            width = len(names)
+
+            def made(row):
+                obj = model.__new__(model)
+                obj.__data__ = {name: convert(value) for (name, convert), value in zip(specs, row)}
+                obj._dirty = set()
+                obj.__rel__ = {}
+                if extra:
+                    obj.__dict__.update(zip(extra, row[width:]))
+                return obj
+            self._readers[key] = made
+        return made
+
+
+_SAVEPOINT_NAMES = itertools.count(1)
+# Savepoints a transaction's repository writes may leave for its COMMIT to release. Each
+# open one nests the next statements a level deeper; PostgreSQL tracks 64 subtransactions
+# of a backend cheaply (PGPROC_MAX_CACHED_SUBXIDS), beyond which every snapshot of
+# every session must look them up: well below that, whatever the caller's own savepoints.
+UNRELEASED_SAVEPOINTS = 16
+
+
+class Write:
+    """A repository write's session: ``with self._write("op") as w: w.execute(sql, params, last=...)``.
+
+    Outside any session its own transaction. Inside one it joins the
+    caller's transaction under a savepoint (a caller may catch the write's
+    failure and go on), and the savepoint costs no round trip of its own:
+    ``SAVEPOINT`` goes in the same message as the write's first statement,
+    and ``RELEASE`` with its last when the caller does not need that
+    statement's rows. Else it is left to the transaction's ``COMMIT``, which
+    releases every savepoint (up to :data:`UNRELEASED_SAVEPOINTS` a
+    transaction; then ``RELEASE`` is sent alone). A savepoint left open only
+    nests what follows one level deeper: a later ``ROLLBACK TO`` or
+    ``RELEASE`` of the caller's own savepoint, made before or after it, means
+    what it meant. On a failure the transaction rolls back to the savepoint,
+    and the error is raised translated.
+    """
+
+    __slots__ = ("_session", "_name", "_state", "db")
+
+    def __init__(self, connection: DatabaseConnection, operation: str, model: str):
+        self._session = connection.session(operation, model)
+        # None: a transaction of its own; else the savepoint's name and 0 (not sent),
+        # 1 (sent), 2 (released).
+        self._name = f"ms_write_{next(_SAVEPOINT_NAMES)}" if connection.in_transaction() else None
+        self._state = 0
+
+    def __enter__(self) -> "Write":
+        if self._name is not None:
+            sessions.joins += 1  # the session joins the caller's: the savepoint is ours
+        try:
+            self.db = self._session.__enter__()
+        except BaseException:
+            if self._name is not None:
+                sessions.joins -= 1
+            raise
+        return self
+
+    def execute(self, sql: str, params, *, last: bool = False):
+        """Run ``sql`` (with the savepoint's commands when inside a session); the cursor."""
+        name = self._name
+        if name is not None:
+            if self._state == 0:
+                sql, self._state = f"SAVEPOINT {name}; {sql}", 1
+            if last:
+                sql, self._state = f"{sql}; RELEASE SAVEPOINT {name}", 2
+        return self.db.execute_sql(sql, params)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        name = self._name
+        if name is None:
+            return self._session.__exit__(exc_type, exc, tb)
+        try:
+            if exc_type is None and self._state == 1:
+                fields = self.db._state.__dict__  # this thread's (transactions.ThreadState)
+                left = fields.get("unreleased", 0)
+                if left < UNRELEASED_SAVEPOINTS:
+                    fields["unreleased"] = left + 1
+                else:
+                    try:
+                        self.db.execute_sql(f"RELEASE SAVEPOINT {name}")
+                    except BaseException as failure:
+                        exc_type, exc, tb = type(failure), failure, failure.__traceback__
+            if exc_type is not None and self._state:
+                try:
+                    self.db.execute_sql(f"ROLLBACK TO SAVEPOINT {name}")
+                except DRIVER_ERRORS:
+                    pass  # the connection is lost: the error already raised says so
+        finally:
+            sessions.joins -= 1
+        # The joined session ends (nothing to send) and raises the error translated.
+        if not self._session.__exit__(exc_type, exc, tb) and exc is not None:
+            raise exc
+        return False
+
+
+@functools.cache
+def statements(model: type[BaseModel]) -> Statements:
+    """The :class:`Statements` of ``model``, made once."""
+    return Statements(model)
+
+
 class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin of each method
     """CRUD over one model. Subclasses set ``model`` and add their own queries.
 
@@ -46,6 +217,10 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
     def session(self, operation: str):
         """A session labelled with this repository's model, for logs and errors."""
         return self.connection.session(operation, self.model.__name__)
+
+    def _write(self, operation: str) -> Write:
+        """A write's session (see :class:`Write`): its statements through ``execute``."""
+        return Write(self.connection, operation, self.model.__name__)
 
     def _returning(self, query):
         return query.returning(*self.model._meta.sorted_fields).objects(self.model)
@@ -65,8 +240,13 @@ class BaseRepository(AsyncTwins, Generic[T]):  # AsyncTwins: an awaitable twin o
         Raises ``DataValidationError`` (bad input) or ``IntegrityViolation``.
         """
         row = self.model.validate(data)
-        with self.session("create"):
-            return self._returning(self.model.insert(row)).execute()[0]
+        compiled = statements(self.model)
+        insert = compiled.insert(row)
+        if insert is None:
+            with self.session("create"):
+                return self._returning(self.model.insert(row)).execute()[0]
+        with self._write("create") as write:
+            return compiled.instance(write.execute(*insert).fetchone())
 
     @reads
     def get_by_id(self, id: int) -> T | None:

@@ -150,26 +150,31 @@ class ThreadState(peewee._ConnectionLocal):
     """
 
     mode = AUTOCOMMIT
+    # Savepoints of repository writes this transaction left for COMMIT to release
+    # (:class:`marketstore.repository.Write`); counted high, never low.
+    unreleased = 0
 
     def reset(self):
         super().reset()
         self.mode = AUTOCOMMIT
+        self.unreleased = 0
 
     def set_connection(self, conn):
         super().set_connection(conn)
         self.mode = AUTOCOMMIT
+        self.unreleased = 0
 
     def open_session(self, conn, mode, mark, transaction) -> None:
         """``set_connection(conn)`` in ``mode``, with ``mark`` in ``ctx`` and ``transaction`` pushed."""
         fields = self.__dict__
-        fields.update(conn=conn, closed=False, ctx=[mark], transactions=[transaction], mode=mode)
+        fields.update(conn=conn, closed=False, ctx=[mark], transactions=[transaction], mode=mode, unreleased=0)
         if COMMIT_CALLBACKS:
             fields["commit_callbacks"] = []
 
     def close_session(self) -> None:
         """:meth:`reset`."""
         fields = self.__dict__
-        fields.update(conn=None, closed=True, ctx=[], transactions=[], mode=AUTOCOMMIT)
+        fields.update(conn=None, closed=True, ctx=[], transactions=[], mode=AUTOCOMMIT, unreleased=0)
         if COMMIT_CALLBACKS:
             fields["commit_callbacks"] = []
 

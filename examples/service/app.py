@@ -98,6 +98,13 @@ def _price(bar) -> dict:
             "close": _money(bar.close), "volume": _money(bar.volume)}
 
 
+def _price_row(row: tuple) -> dict:
+    # get_range(as_tuples=True): (id, symbol, timestamp, open, high, low, close, volume, interval, adj_close).
+    # A list of bars turned into JSON needs their values, not models.
+    return {"symbol": row[1], "timestamp": _time(row[2]), "interval": row[8], "open": _money(row[3]),
+            "high": _money(row[4]), "low": _money(row[5]), "close": _money(row[6]), "volume": _money(row[7])}
+
+
 def _order(order) -> dict:
     return {"order_id": order.order_id, "symbol": order.symbol, "order_type": order.order_type,
             "side": order.side, "quantity": _money(order.quantity), "price": _money(order.price),
@@ -133,7 +140,7 @@ class Transition(BaseModel):
 # /prices/latest before /prices/{symbol}: routes match in declaration order.
 @app.get("/prices/latest")
 @in_session(read_only=True)
-def latest_prices(symbols: str, interval: str = "1m") -> dict:
+def latest_prices(symbols: str, interval: Optional[str] = None) -> dict:
     """The newest bar of each of ``symbols`` (comma-separated) that has one."""
     wanted = [s.strip() for s in symbols.split(",") if s.strip()]
     found = prices.latest_for_symbols(wanted, interval)
@@ -142,9 +149,9 @@ def latest_prices(symbols: str, interval: str = "1m") -> dict:
 
 @app.get("/prices/{symbol}")
 @in_session(read_only=True)
-def price_range(symbol: str, start: str, end: str, interval: str = "1m") -> list:
+def price_range(symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """Bars of ``symbol`` with ``start <= timestamp < end`` (ISO-8601; naive = UTC), oldest first."""
-    return [_price(bar) for bar in prices.get_range(symbol, start, end, interval)]
+    return [_price_row(bar) for bar in prices.get_range(symbol, start, end, interval, as_tuples=True)]
 
 
 @app.get("/articles/search")
@@ -199,7 +206,7 @@ Writes = Annotated[AsyncSession, Depends(write_session, **_BEFORE_RESPONSE)]
 
 
 @app.get("/async/prices/latest")
-async def alatest_prices(session: Reads, symbols: str, interval: str = "1m") -> dict:
+async def alatest_prices(session: Reads, symbols: str, interval: Optional[str] = None) -> dict:
     """``GET /prices/latest``, async."""
     wanted = [s.strip() for s in symbols.split(",") if s.strip()]
     found = await prices.alatest_for_symbols(wanted, interval)
@@ -207,9 +214,9 @@ async def alatest_prices(session: Reads, symbols: str, interval: str = "1m") -> 
 
 
 @app.get("/async/prices/{symbol}")
-async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: str = "1m") -> list:
+async def aprice_range(session: Reads, symbol: str, start: str, end: str, interval: Optional[str] = None) -> list:
     """``GET /prices/{symbol}``, async."""
-    return [_price(bar) for bar in await prices.aget_range(symbol, start, end, interval)]
+    return [_price_row(bar) for bar in await prices.aget_range(symbol, start, end, interval, as_tuples=True)]
 
 
 @app.get("/async/articles/search")

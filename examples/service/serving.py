@@ -13,13 +13,27 @@ import asyncio
 import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol as _H11
+
+
+def _no_delay(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class HTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-    """uvicorn's own HTTP protocol (httptools, else h11), Nagle's algorithm off."""
+    """uvicorn's own HTTP protocol (httptools when installed, else h11), Nagle's algorithm off."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(transport)
+        super().connection_made(transport)
+
+
+class H11Protocol(_H11):
+    """h11 (plain ``uvicorn``'s parser) even where httptools is installed, Nagle's algorithm off:
+    ``--http serving:H11Protocol``, to compare the two parsers on one machine."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _no_delay(transport)
         super().connection_made(transport)

@@ -22,7 +22,7 @@ from .. import validation as check
 from ..rules import TAG_LENGTH  # an article's symbols are tags of a text[] column
 from ..errors import DataValidationError, NotFoundError
 from ..models import Article, Event, SentimentScore
-from ..repository import BaseRepository, reads
+from ..repository import BaseRepository, reads, statements
 from ..intervals import bucket_sql, parse, zone
 from ._frame_chunks import need
 from ._frames_out import build_frame, check_library, fetch_columns
@@ -155,8 +155,10 @@ class ArticleRepository(BaseRepository[Article]):
                "FROM articles a, websearch_to_tsquery('english', %s) AS q "
                f"WHERE a.search_vector @@ q {visible}"
                "ORDER BY rank DESC, a.published_at DESC NULLS LAST, a.id DESC LIMIT %s")
-        with self.session("search"):
-            return list(Article.raw(sql, *params, limit))
+        with self.session("search") as db:
+            rows = db.execute_sql(sql, params + [limit]).fetchall()
+        read = statements(Article).reader(_ARTICLE_FIELDS, ("rank",))
+        return [read(row) for row in rows]
 
     def create_if_new(self, url: str, **data) -> tuple[Article, bool]:
         """Insert the article unless one with ``url`` exists: ``(article, created)``.

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from peewee import fn
-
 from .. import validation as check
 from ..errors import DataValidationError, NotFoundError
 from ..models import ORDER_STATUSES, SIGNAL_TYPES, Order, OrderEvent, TradingSignal
-from ..repository import BaseRepository, reads
+from ..repository import BaseRepository, reads, statements
 from ._sql import page, where
 
 
@@ -81,6 +79,19 @@ ORDER_MOVES: dict[str, tuple[str, ...]] = {
     "rejected": (),
 }
 """The order state machine: status -> the statuses it may move to."""
+
+
+_ORDERS = statements(Order)
+_EVENTS = statements(OrderEvent)
+# transition()'s statements, built once: the lock of the order, and its move with or without a fill.
+# clock_timestamp(), not now(): taken after the lock was granted, so the audit trail's
+# timestamps follow the order in which moves applied.
+_LOCK = f'SELECT {_ORDERS.columns} FROM {_ORDERS.table} WHERE {_ORDERS.table}."order_id" = %s LIMIT 1 FOR UPDATE'
+_MOVE = ('UPDATE {table} SET "status" = %s{fill}, "updated_at" = clock_timestamp() WHERE "id" = %s '
+         'RETURNING {columns}')
+_MOVES = {fill: _MOVE.format(table=_ORDERS.table, columns=_ORDERS.columns,
+                             fill=', "filled_quantity" = %s, "average_fill_price" = %s' if fill else "")
+          for fill in (False, True)}
 
 
 class OrderRepository(BaseRepository[Order]):
@@ -162,17 +173,18 @@ class OrderRepository(BaseRepository[Order]):
         if note is not None:
             note = OrderEvent.validate({"note": note}, partial=True)["note"]
 
-        with self.session("transition"):
-            order = Order.select().where(Order.order_id == order_id).for_update().first()
-            if order is None:
+        with self._write("transition") as write:
+            found = write.execute(_LOCK, (Order.order_id.db_value(order_id),)).fetchone()
+            if found is None:
                 raise NotFoundError(f"order order_id={order_id!r} not found")
+            order = _ORDERS.instance(found)
             current = order.status
             if new_status not in ORDER_MOVES[current]:
                 allowed = ", ".join(ORDER_MOVES[current]) or f"none: {current} is final"
                 raise DataValidationError("new_status", new_status,
                                           f"a legal move from {current} (allowed: {allowed}); "
                                           f"{current} -> {new_status} is not")
-            changes: dict[Any, Any] = {Order.status: new_status, Order.updated_at: fn.clock_timestamp()}
+            params: list[Any] = [new_status]
             if new_status in FILL_STATUSES:
                 total = fill["filled_quantity"] if fill["filled_quantity"] is not None else order.quantity
                 if new_status == "filled" and total != order.quantity:
@@ -183,14 +195,14 @@ class OrderRepository(BaseRepository[Order]):
                         "filled_quantity", total,
                         f"more than already filled ({order.filled_quantity}) and less than the order "
                         f"quantity ({order.quantity}) for {current} -> partially_filled")
-                changes[Order.filled_quantity] = total
-                changes[Order.average_fill_price] = fill["average_fill_price"]
-            # clock_timestamp(), not now(): taken after the lock was granted, so
-            # the audit trail's timestamps follow the order in which moves applied.
-            updated = self._returning(Order.update(changes).where(Order.id == order.id)).execute()[0]
-            OrderEvent.insert(order=order.id, from_status=current, to_status=new_status,
-                              filled_quantity=updated.filled_quantity, fill_price=updated.average_fill_price,
-                              timestamp=updated.updated_at, note=note).execute()
+                params += [Order.filled_quantity.db_value(total),
+                           Order.average_fill_price.db_value(fill["average_fill_price"])]
+            moved = write.execute(_MOVES[len(params) > 1], params + [order.id]).fetchone()
+            updated = _ORDERS.instance(moved)
+            write.execute(*_EVENTS.insert({
+                "order": order.id, "from_status": current, "to_status": new_status,
+                "filled_quantity": updated.filled_quantity, "fill_price": updated.average_fill_price,
+                "timestamp": updated.updated_at, "note": note}), last=True)
             return updated
 
     @reads

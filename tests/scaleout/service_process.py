@@ -31,9 +31,11 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, env: dict[str, str], *, workers: int = 2) -> "Service":
-        """uvicorn ``app:app`` with ``workers`` processes; ``env`` adds to a clean environment
-        (no ``MARKETSTORE_*``/``PG*`` of the caller). Returns once every worker has started."""
+    def start(cls, env: dict[str, str], *, workers: int = 2, app: str = "app:app",
+              http: str = "serving:HTTPProtocol", loop: str = "auto") -> "Service":
+        """uvicorn ``app`` (a module of examples/service) with ``workers`` processes, its ``http``
+        protocol and event ``loop``; ``env`` adds to a clean environment (no
+        ``MARKETSTORE_*``/``PG*`` of the caller). Returns once every worker has started."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("MARKETSTORE_", "PG"))}
         clean.update(env)
         for attempt in range(5):  # the free port can be taken between probe and bind
@@ -41,8 +43,9 @@ class Service:
             log = Path(tempfile.mkstemp(prefix="marketstore-service-", suffix=".log")[1])
             with open(log, "w") as out:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(APP_DIR), "--host", "127.0.0.1",
-                     "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-keep-alive", "30", "--http", "serving:HTTPProtocol"],
+                    [sys.executable, "-m", "uvicorn", app, "--app-dir", str(APP_DIR), "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", str(workers), "--no-access-log", "--timeout-keep-alive", "30",
+                     "--http", http, "--loop", loop],
                     env=clean, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             service = cls(process, port, log, workers)
             if service._wait_started():
