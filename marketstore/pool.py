@@ -248,12 +248,14 @@ class ConnectionPool:
         del idle[:count]
         return surplus
 
-    def _new_trimmer(self) -> threading.Timer:
-        """The pool's one pending trim, made (the caller starts it, outside the lock)."""
+    def _new_trimmer(self, delay: float | None = None) -> threading.Timer:
+        """The pool's one pending trim in ``delay`` seconds (default: the grace), made (the caller
+        starts it, outside the lock)."""
         # Only while surplus exists: a pool at or under pool_size idle runs no
         # thread. A little after the grace, so the connections it finds have
         # outstayed it.
-        timer = self._trimmer = threading.Timer(self.idle_grace + 0.05, self._trim)
+        delay = self.idle_grace if delay is None else delay
+        timer = self._trimmer = threading.Timer(delay + 0.05, self._trim)
         timer.daemon = True
         timer.name = "marketstore-pool-trim"
         return timer
@@ -265,9 +267,12 @@ class ConnectionPool:
             if self._trimmer is not threading.current_thread():  # disposed or replaced meanwhile
                 return
             self._trimmer = None
-            surplus = self._surplus(time.monotonic())
+            now = time.monotonic()
+            surplus = self._surplus(now)
             if self.pool_size is not None and len(self._idle) > self.pool_size and self.idle_grace > 0:
-                timer = self._new_trimmer()
+                # Again when the oldest left outstays its grace, not a whole grace from now: a burst's
+                # check-ins spread over time would otherwise keep its last ones twice as long.
+                timer = self._new_trimmer(max(0.0, self._idle[0][2] + self.idle_grace - now))
         if timer is not None:
             timer.start()
         self._close_all_raw(surplus)
