@@ -207,3 +207,12 @@ def wait_for_copy_progress(url: str, timeout: float = 3.0) -> int | None:
         return None
     finally:
         conn.close()
+
+
+def server_of(url: str) -> tuple[str, int, str]:
+    """``(host, port, database)`` libpq reads from ``url``: a socket directory for the embedded server."""
+    from psycopg2.extensions import parse_dsn
+
+    params = parse_dsn(url)
+    host = (params.get("host") or params.get("hostaddr") or "localhost").split(",")[0]
+    return host, int((params.get("port") or "5432").split(",")[0]), params.get("dbname", "")

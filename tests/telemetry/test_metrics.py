@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import threading
-from urllib.parse import urlsplit
 
 import marketstore
 from marketstore import PoolExhaustedError, PriceRepository, telemetry
 
-from helpers import bar
+from helpers import bar, server_of
 
 UNITS = {
     "db.client.operation.duration": "s",
@@ -22,8 +21,8 @@ UNITS = {
 
 
 def pool_name(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    host, port, database = server_of(url)
+    return f"{host}:{port}/{database}"
 
 
 def test_names_units_and_the_duration_buckets(traced, otel):
@@ -40,9 +39,9 @@ def test_names_units_and_the_duration_buckets(traced, otel):
 def test_a_repository_call_and_its_statement_each_have_a_duration(traced, otel, database_url):
     PriceRepository().count()
     (call,) = otel.points("db.client.operation.duration", db__operation__name="count")
-    assert dict(call.attributes) == {"db.system.name": "postgresql", "db.namespace": urlsplit(database_url).path[1:],
-                                     "server.address": urlsplit(database_url).hostname,
-                                     "server.port": urlsplit(database_url).port or 5432,
+    host, port, database = server_of(database_url)
+    assert dict(call.attributes) == {"db.system.name": "postgresql", "db.namespace": database,
+                                     "server.address": host, "server.port": port,
                                      "db.operation.name": "count", "db.collection.name": "prices"}
     (statement,) = otel.points("db.client.operation.duration", db__operation__name="SELECT")
     assert statement.attributes["db.query.summary"] == "SELECT prices"
@@ -121,13 +120,13 @@ def test_a_checkout_that_times_out_is_counted_and_waits_are_pending(otel, databa
 
 
 def test_the_primary_and_each_replica_have_their_own_pool_name_until_closed(otel, database_url):
-    parts = urlsplit(database_url)
-    replica = parts._replace(netloc="replica-host:6543").geturl()  # never connected to: nothing reads from it
+    replica = f"postgresql://postgres@replica-host:6543/{server_of(database_url)[2]}"  # never connected to
     connection = marketstore.DatabaseConnection().initialize(database_url, telemetry="on", replica_urls=[replica])
     try:
         names = {p.attributes["db.client.connection.pool.name"]: p.value
                  for p in otel.points("db.client.connection.max")}
-        assert names == {pool_name(database_url): 30, f"replica-host:6543{parts.path}": 30}
+        assert names == {pool_name(database_url): 30, pool_name(replica): 30}
+        assert pool_name(replica) != pool_name(database_url)
         assert all("@" not in name for name in names)  # no user, no password
     finally:
         connection.close()

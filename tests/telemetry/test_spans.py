@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from urllib.parse import urlsplit
 
 import pytest
 
 import marketstore
 from marketstore import ArticleRepository, DuplicateKeyError, OrderRepository, PriceRepository
 
-from helpers import bar
+from helpers import bar, server_of
 
 SECRET = "s3cr3t-Tok3n-4f9a"  # a value no attribute, event or status may carry
 
@@ -23,9 +22,8 @@ def client(span) -> bool:
 
 
 def server_attributes(url: str) -> dict:
-    parts = urlsplit(url)
-    return {"db.system.name": "postgresql", "db.namespace": parts.path.lstrip("/"),
-            "server.address": parts.hostname, "server.port": parts.port or 5432}
+    host, port, database = server_of(url)
+    return {"db.system.name": "postgresql", "db.namespace": database, "server.address": host, "server.port": port}
 
 
 def everything_recorded(otel) -> str:
