@@ -296,8 +296,8 @@ def marketstore_transaction(sql, params):
         return db.execute_sql(sql, params).fetchone()[0]
 
 
-@case("sessions")
-def sessions(ctx: Context) -> Iterator[Comparison]:
+def session_workload(ctx: Context) -> tuple[list[list[int]], list[list]]:
+    """The read data set loaded; the ids each thread reads in turn, and the close each must get."""
     ctx.load_read_dataset()
     total = len(ctx.read_rows)
     per_thread = 200 if ctx.quick else SESSION_TRANSACTIONS
@@ -305,7 +305,13 @@ def sessions(ctx: Context) -> Iterator[Comparison]:
     with ctx.admin.cursor() as cur:
         cur.execute("SELECT id, close FROM prices WHERE id = ANY(%s)", (sorted({i for t in ids for i in t}),))
         close = dict(cur.fetchall())
-    expected = [[close[i] for i in t] for t in ids]
+    return ids, [[close[i] for i in t] for t in ids]
+
+
+@case("sessions")
+def sessions(ctx: Context) -> Iterator[Comparison]:
+    ids, expected = session_workload(ctx)
+    per_thread = len(ids[0])
     raw_pool = references.RawPool(ctx.url)
     ctx.closers.append(raw_pool.close)
     settings = marketstore.db_connection.settings

@@ -15,7 +15,7 @@ from typing import Iterator
 import marketstore
 from marketstore import telemetry
 
-from .cases import SESSION_SQL, SESSION_THREADS, SESSION_TRANSACTIONS, case, run_threads
+from .cases import SESSION_SQL, SESSION_THREADS, case, run_threads, session_workload
 from .checks import expect
 from .context import Context
 from .harness import Comparison, Contender, Target
@@ -55,14 +55,8 @@ def sdk_providers(sampler=None):
 
 @case("telemetry")
 def telemetry_case(ctx: Context) -> Iterator[Comparison]:
-    ctx.load_read_dataset()
-    total = len(ctx.read_rows)
-    per_thread = 200 if ctx.quick else SESSION_TRANSACTIONS
-    ids = [[(t * per_thread + i) % total + 1 for i in range(per_thread)] for t in range(SESSION_THREADS)]
-    with ctx.admin.cursor() as cur:
-        cur.execute("SELECT id, close FROM prices WHERE id = ANY(%s)", (sorted({i for t in ids for i in t}),))
-        close = dict(cur.fetchall())
-    expected = [[close[i] for i in t] for t in ids]
+    ids, expected = session_workload(ctx)
+    per_thread = len(ids[0])
     tracer_provider, meter_provider = sdk_providers()
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
